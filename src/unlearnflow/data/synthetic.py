@@ -39,6 +39,7 @@ from .shards import Sample, ShardWriter
 LAION_COLUMNS = ["SAMPLE_ID", "URL", "TEXT", "HEIGHT", "WIDTH", "LICENSE", "NSFW", "similarity"]
 ADDITIONAL_COLUMNS = ["NSFW", "similarity", "LICENSE"]
 KINDS = ("identity", "object", "style", "pair", "none")
+DEFAULT_MIX = {"identity": 0.40, "object": 0.20, "style": 0.25, "pair": 0.08, "none": 0.07}
 
 EVENTS = ["premiere", "film festival", "charity gala", "awards night", "fashion week", "press conference"]
 CITIES = ["Lindgrove", "Port Avel", "Marrowby", "Kestrel Bay", "Oldcastle", "Vantmere"]
@@ -122,11 +123,12 @@ class SyntheticSpec:
         spec = cls(
             seed=int(p["seed"]),
             image_size=int(p["image_size"]),
-            samples_per_shard=int(p["samples_per_shard"]),
+            # eval sets depend only on the concepts, so these two are optional
+            samples_per_shard=int(p.get("samples_per_shard", 0)),
             identities=tuple(p["identities"]),
             objects=tuple(p["objects"]),
             styles=tuple(p["styles"]),
-            mix=tuple((k, float(p["mix"][k])) for k in KINDS),
+            mix=tuple((k, float(p.get("mix", DEFAULT_MIX)[k])) for k in KINDS),
             failure_rate=float(p.get("failure_rate", 0.02)),
             jpeg_quality=int(p.get("jpeg_quality", 95)),
         )

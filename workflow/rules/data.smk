@@ -1,0 +1,186 @@
+# Data stages: image-text shards (synthetic or LAION), labelled evaluation
+# sets (synthetic or ingested folders), forget/retain sets per target.
+LAION = config["data"]["laion"]
+
+
+wildcard_constraints:
+    shard=r"\d{5}",
+    target=one_of(TARGETS),
+    evalset=one_of(EVAL_SETS),
+
+
+if config["data"]["source"] == "synthetic":
+
+    rule synthetic_shard:
+        output:
+            parquet="results/data/laion/{shard}.parquet",
+            tar="results/data/laion/{shard}.tar",
+            stats="results/data/laion/{shard}_stats.json",
+        log:
+            "logs/synthetic_shard/{shard}.log",
+        benchmark:
+            "results/benchmarks/synthetic_shard/{shard}.tsv"
+        conda:
+            "../../envs/data.yaml"
+        resources:
+            mem_mb=1000,
+            runtime=30,
+        params:
+            synthetic=synthetic_shard_spec(),
+            shard=lambda wc: wc.shard,
+        script:
+            "../scripts/stage.py"
+
+else:
+
+    rule laion_metadata:
+        output:
+            parquet="results/data/laion/metadata.parquet",
+        log:
+            "logs/laion_metadata/metadata.log",
+        benchmark:
+            "results/benchmarks/laion_metadata/metadata.tsv"
+        retries: 2
+        conda:
+            "../../envs/data.yaml"
+        resources:
+            mem_mb=2000,
+            runtime=120,
+        params:
+            url=LAION["metadata_url"],
+            sha256=LAION["metadata_sha256"],
+            size=LAION["metadata_size"],
+            retries=LAION["download_retries"],
+        script:
+            "../scripts/stage.py"
+
+    rule laion_shard_metadata:
+        input:
+            metadata="results/data/laion/metadata.parquet",
+        output:
+            parquet="results/data/laion/{shard}.parquet",
+        log:
+            "logs/laion_shard_metadata/{shard}.log",
+        benchmark:
+            "results/benchmarks/laion_shard_metadata/{shard}.tsv"
+        conda:
+            "../../envs/data.yaml"
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        params:
+            shard=lambda wc: wc.shard,
+            samples_per_shard=LAION["samples_per_shard"],
+            url_col=LAION["url_col"],
+            caption_col=LAION["caption_col"],
+        script:
+            "../scripts/stage.py"
+
+    rule laion_images:
+        input:
+            parquet="results/data/laion/{shard}.parquet",
+        output:
+            tar="results/data/laion/{shard}.tar",
+            stats="results/data/laion/{shard}_stats.json",
+        log:
+            "logs/laion_images/{shard}.log",
+        benchmark:
+            "results/benchmarks/laion_images/{shard}.tsv"
+        conda:
+            "../../envs/data.yaml"
+        threads: LAION["processes"]
+        resources:
+            mem_mb=4000,
+            runtime=240,
+        params:
+            shard=lambda wc: wc.shard,
+            samples_per_shard=LAION["samples_per_shard"],
+            image_size=LAION["image_size"],
+            resize_mode=LAION["resize_mode"],
+            encode_quality=LAION["encode_quality"],
+            url_col=LAION["url_col"],
+            caption_col=LAION["caption_col"],
+            additional_columns=LAION["additional_columns"],
+            processes=LAION["processes"],
+            threads=LAION["threads"],
+            timeout=LAION["timeout"],
+            retries=LAION["retries"],
+        script:
+            "../scripts/stage.py"
+
+
+rule synthetic_eval_set:
+    output:
+        val="results/data/eval/{evalset}/val.tar",
+        test="results/data/eval/{evalset}/test.tar",
+        classes="results/data/eval/{evalset}/classes.json",
+    log:
+        "logs/synthetic_eval_set/{evalset}.log",
+    benchmark:
+        "results/benchmarks/synthetic_eval_set/{evalset}.tsv"
+    wildcard_constraints:
+        evalset=one_of(eval_sets_from("synthetic")),
+    conda:
+        "../../envs/data.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=30,
+    params:
+        synthetic=synthetic_concepts(),
+        evalset=lambda wc: wc.evalset,
+        per_class=lambda wc: config["data"]["eval"][wc.evalset]["per_class"],
+    script:
+        "../scripts/stage.py"
+
+
+rule ingest_eval_set:
+    output:
+        val="results/data/eval/{evalset}/val.tar",
+        test="results/data/eval/{evalset}/test.tar",
+        classes="results/data/eval/{evalset}/classes.json",
+    log:
+        "logs/ingest_eval_set/{evalset}.log",
+    benchmark:
+        "results/benchmarks/ingest_eval_set/{evalset}.tsv"
+    wildcard_constraints:
+        evalset=one_of(eval_sets_from("folders")),
+    conda:
+        "../../envs/data.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    params:
+        folders=lambda wc: config["data"]["eval"][wc.evalset],
+        seed=config["seeds"]["data"],
+    script:
+        "../scripts/stage.py"
+
+
+rule select_sets:
+    input:
+        shards=expand("results/data/laion/{shard}.tar", shard=SHARDS),
+    output:
+        forget="results/data/{target}/forget.tar",
+        retain="results/data/{target}/retain.tar",
+        summary="results/data/{target}/summary.json",
+    log:
+        "logs/select_sets/{target}.log",
+    benchmark:
+        "results/benchmarks/select_sets/{target}.tsv"
+    conda:
+        "../../envs/data.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    params:
+        target=lambda wc: target_config(wc.target),
+        target_id=lambda wc: wc.target,
+        retain_size=config["selection"]["retain_size"],
+        seed=config["seeds"]["data"],
+    script:
+        "../scripts/stage.py"
+
+
+rule data:
+    input:
+        data_outputs(),

@@ -1,0 +1,11 @@
+"""Run the unlearnflow stage named like the calling rule (see unlearnflow.cli.STAGES)."""
+
+import sys
+from pathlib import Path
+
+# The library beside this workflow, so a checkout runs its own code.
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821
+
+from unlearnflow.cli import run_from_snakemake  # noqa: E402
+
+run_from_snakemake(snakemake)  # noqa: F821
