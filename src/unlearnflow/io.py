@@ -107,13 +107,13 @@ def read_parquet(path: os.PathLike | str, columns: list[str] | None = None):
     if not path.exists():
         raise InputFileError(path, "file not found")
     try:
+        names = pq.read_schema(path).names
+        missing = [c for c in columns or [] if c not in names]
+        if missing:
+            raise InputFileError(path, f"missing columns {missing}; has {names}")
         table = pq.read_table(path, columns=columns)
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
         raise InputFileError(path, f"not a readable parquet file ({exc})") from exc
-    if columns is not None:
-        missing = [c for c in columns if c not in table.column_names]
-        if missing:
-            raise InputFileError(path, f"missing columns {missing}")
     return table.to_pandas()
 
 

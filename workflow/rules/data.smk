@@ -5,7 +5,7 @@ LAION = config["data"]["laion"]
 
 wildcard_constraints:
     shard=r"\d{5}",
-    target=one_of(TARGETS),
+    target=r"[a-z0-9_]+",
     evalset=one_of(EVAL_SETS),
 
 

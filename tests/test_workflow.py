@@ -1,0 +1,123 @@
+"""The Snakemake DAG of the data stages, run for real in a scratch directory."""
+
+import copy
+import json
+import re
+
+from PIL import Image
+
+from conftest import small_config
+from unlearnflow.data.select import Matcher
+from unlearnflow.data.shards import iter_samples
+
+
+def job_counts(out: str) -> dict:
+    """The 'Job stats' table of a dry run, as {rule: count}."""
+    table = out.split("Job stats:", 1)[1].split("Reasons:", 1)[0]
+    counts = {}
+    for line in table.splitlines():
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if m and m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def test_data_stages_end_to_end_and_reruns(workflow):
+    cfg = small_config()
+    workflow.run(cfg=cfg)
+    res = workflow.workdir / "results/data"
+    for target, name in (("mira_castell", "Mira Castell"), ("kite", "kite")):
+        m = Matcher(name)
+        forget = list(iter_samples(res / target / "forget.tar"))
+        retain = list(iter_samples(res / target / "retain.tar"))
+        summary = json.loads((res / target / "summary.json").read_text())
+        assert forget and all(m(s.caption) for s in forget)
+        assert not any(m(s.caption) for s in retain)
+        assert summary["forget"] == len(forget) and summary["retain"] == len(retain) == 100
+        assert len(summary["shards"]) == 2
+    for evalset in ("identities", "objects", "styles"):
+        classes = json.loads((res / "eval" / evalset / "classes.json").read_text())
+        assert sum(1 for _ in iter_samples(res / "eval" / evalset / "test.tar")) == classes["counts"]["test"]
+    assert (workflow.workdir / "logs/select_sets/kite.log").read_text()
+    assert (workflow.workdir / "results/benchmarks/synthetic_shard/00000.tsv").exists()
+
+    # a second run has nothing to do
+    _, out = workflow.run("-n")
+    assert "Nothing to be done" in out
+
+    # a new retain size reruns only the selection, not the shards or eval sets
+    shard_mtime = (res / "laion/00000.tar").stat().st_mtime_ns
+    eval_mtime = (res / "eval/objects/val.tar").stat().st_mtime_ns
+    cfg2 = copy.deepcopy(cfg)
+    cfg2["selection"]["retain_size"] = 60
+    _, out = workflow.run("-n", cfg=cfg2)
+    assert job_counts(out) == {"select_sets": 2, "all": 1}
+    workflow.run()
+    assert json.loads((res / "kite/summary.json").read_text())["retain"] == 60
+    assert (res / "laion/00000.tar").stat().st_mtime_ns == shard_mtime
+    assert (res / "eval/objects/val.tar").stat().st_mtime_ns == eval_mtime
+
+    # a new eval size reruns only that kind of eval set
+    cfg3 = copy.deepcopy(cfg2)
+    cfg3["data"]["eval"]["objects"]["per_class"]["test"] = 4
+    _, out = workflow.run("-n", cfg=cfg3)
+    assert job_counts(out) == {"synthetic_eval_set": 1, "all": 1}
+
+
+def test_schema_errors_name_the_key_and_allowed_values(workflow):
+    cfg = small_config()
+    cfg["selection"]["retain_sise"] = 5
+    code, out = workflow.run("-n", cfg=cfg, check=False)
+    assert code != 0 and "retain_sise" in out and "Additional properties" in out
+
+    cfg = small_config()
+    cfg["data"]["source"] = "laoin"
+    code, out = workflow.run("-n", cfg=cfg, check=False)
+    assert code != 0 and "'laoin' is not one of ['synthetic', 'laion']" in out
+    assert "source" in out
+
+
+def test_unknown_target_names_the_known_ones(workflow):
+    cfg = small_config(targets=[{"id": "x", "name": "Zed Nobody", "kind": "identity"}])
+    code, out = workflow.run("-n", cfg=cfg, check=False)
+    assert code != 0 and "Zed Nobody" in out and "Mira Castell" in out
+
+    code, out = workflow.run("-n", "results/data/nobody/forget.tar", cfg=small_config(), check=False)
+    assert code != 0 and "unknown target 'nobody'" in out and "mira_castell" in out
+
+
+def test_empty_forget_set_fails_clearly_and_keeps_the_shards(workflow):
+    cfg = small_config()
+    cfg["data"]["synthetic"]["mix"] = {"identity": 0, "object": 1, "style": 1, "pair": 0, "none": 1}
+    cfg["targets"] = [{"id": "mira_castell", "name": "Mira Castell", "kind": "identity"}]
+    code, out = workflow.run(cfg=cfg, check=False)
+    assert code != 0
+    assert "empty forget set" in out and "mira_castell" in out
+    res = workflow.workdir / "results/data"
+    assert not (res / "mira_castell/forget.tar").exists()
+    assert not (res / "mira_castell/retain.tar").exists()
+    # what was already computed is kept
+    assert (res / "laion/00000.tar").exists() and (res / "laion/00001.tar").exists()
+
+
+def test_eval_set_from_user_folders(workflow, tmp_path):
+    root = tmp_path / "faces"
+    for person, color in (("Ada_Lovelace", (200, 30, 30)), ("Alan Turing", (30, 30, 200))):
+        (root / person).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (48, 40), (color[0], color[1] + 10 * i, color[2])).save(root / person / f"{i}.jpg")
+    cfg = small_config()
+    cfg["data"]["eval"]["identities"] = {
+        "source": "folders",
+        "layout": "identity_folders",
+        "root": str(root),
+        "image_size": 32,
+    }
+    workflow.run("results/data/eval/identities/test.tar", cfg=cfg)
+    classes = json.loads((workflow.workdir / "results/data/eval/identities/classes.json").read_text())
+    assert classes["classes"] == ["Ada_Lovelace", "Alan Turing"]
+    assert sum(classes["counts"].values()) == 8
+    # a folders set without its root is a schema error naming the key
+    del cfg["data"]["eval"]["identities"]["root"]
+    code, out = workflow.run("-n", cfg=cfg, check=False)
+    assert code != 0 and "root" in out
