@@ -15,6 +15,8 @@ import io
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -271,7 +273,7 @@ def _laion_frame(n: int, base_url: str = "http://example.invalid", start: int = 
             "WIDTH": np.full(n, 48, dtype="int64"),
             "LICENSE": ["?" if i % 2 else "cc-by" for i in idx],
             "NSFW": ["UNLIKELY" if i % 3 else "UNSURE" for i in idx],
-            "similarity": np.round(0.3 + 0.001 * idx, 6),
+            "similarity": np.round(0.28 + 0.001 * (idx % 100), 6),
         },
         columns=LAION_COLUMNS,
     )
@@ -445,3 +447,41 @@ def test_images_stage_all_urls_failing_is_an_error(server, tmp_path):
     assert "shard 00007" in msg and "3 images" in msg and "404" in msg
     assert not os.path.exists(out["tar"]) and not os.path.exists(out["stats"])
     assert list(out_dir.iterdir()) == []  # no scratch left either
+
+
+UNGUARDED_SCRIPT = """
+import sys
+from unlearnflow.data import laion
+# no `if __name__ == "__main__"` guard, like the script Snakemake runs
+laion.images_stage({"parquet": sys.argv[1]}, {"tar": sys.argv[2], "stats": sys.argv[3]},
+                   {"shard": "00001", "image_size": 32, "threads": 2, "samples_per_shard": 10000})
+print("STAGE DONE")
+"""
+
+
+def test_images_stage_from_an_unguarded_script(server, tmp_path):
+    # img2dataset spawns its workers, and spawn re-runs a main script in each;
+    # fetch_images must keep a guard-less script from running the stage again
+    # in every worker (which hangs the pool).
+    parquet, _ = _image_parquet(server, tmp_path, n=3)
+    script = tmp_path / "stage_script.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    tar, stats = tmp_path / "00001.tar", tmp_path / "00001_stats.json"
+    src = Path(laion.__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
+    # own session, so a hang is ended with all the workers it spawned
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(parquet), str(tar), str(stats)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the stage hung when run from a script without a __main__ guard")
+    assert proc.returncode == 0, err[-3000:]
+    assert out.count("STAGE DONE") == 1
+    assert [s.key for s in iter_samples(tar)] == ["000010000", "000010001", "000010002"]
+    assert json.loads(stats.read_text())["successes"] == 3

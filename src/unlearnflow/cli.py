@@ -33,6 +33,13 @@ STAGES: dict[str, str] = {
     "laion_images": "unlearnflow.data.laion:images_stage",
     "ingest_eval_set": "unlearnflow.data.ingest:eval_stage",
     "select_sets": "unlearnflow.data.select:select_stage",
+    "pretrain_clip": "unlearnflow.models.clip:pretrain_stage",
+    "export_clip": "unlearnflow.models.clip:export_stage",
+    "clip_gradients": "unlearnflow.gradients:gradients_stage",
+    "layer_analysis": "unlearnflow.layers:analysis_stage",
+    "unlearn_clip": "unlearnflow.methods:unlearn_stage",
+    "evaluate_clip": "unlearnflow.metrics.clip_eval:evaluate_stage",
+    "clip_table": "unlearnflow.tables:clip_table_stage",
 }
 
 

@@ -4,12 +4,20 @@
 import re
 
 SHARDS = list(config["data"]["shards"])
+HELDOUT_SHARDS = list(config["data"]["heldout_shards"])
+MODEL = config["clip"]["name"]
+METHODS = list(config["methods"])
 TARGETS = {t["id"]: t for t in config["targets"]}
 EVAL_SETS = ["identities", "objects", "styles"]
 SPLITS = ["val", "test"]
 
 
 def check_targets():
+    overlap = sorted(set(SHARDS) & set(HELDOUT_SHARDS))
+    if overlap:
+        raise ValueError(
+            f"config data: shards {overlap} are both training and held-out shards"
+        )
     ids = [t["id"] for t in config["targets"]]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
@@ -78,9 +86,70 @@ def data_outputs():
     return expand(
         "results/data/{target}/{name}",
         target=sorted(TARGETS),
-        name=["forget.tar", "retain.tar", "summary.json"],
+        name=["forget.tar", "retain.tar", "heldout.tar", "summary.json"],
     ) + expand(
         "results/data/eval/{evalset}/{name}",
         evalset=EVAL_SETS,
         name=["val.tar", "test.tar", "classes.json"],
     )
+
+
+def model_files(model=MODEL):
+    d = f"results/models/{model}"
+    return {
+        "config": f"{d}/open_clip_config.json",
+        "weights": f"{d}/open_clip_model.safetensors",
+        "info": f"{d}/model.json",
+    }
+
+
+def eval_set_files(split):
+    """Inputs named like metrics.clip_eval.eval_sets_from expects."""
+    files = {}
+    for s in ("identities", "objects"):
+        files[f"{s}_{split}"] = f"results/data/eval/{s}/{split}.tar"
+        files[f"{s}_classes"] = f"results/data/eval/{s}/classes.json"
+    return files
+
+
+def method_inputs(wildcards):
+    """What each method reads beyond the model and the evaluation sets."""
+    t, m = wildcards.target, MODEL
+    needs = {
+        "slug": {
+            "grad_forget": f"results/grads/{m}/{t}/forget.safetensors",
+            "layers": f"results/layers/{m}/{t}.parquet",
+        },
+    }
+    if wildcards.method not in needs:
+        raise ValueError(
+            f"unknown method {wildcards.method!r}; known methods: {sorted(needs)}"
+        )
+    return needs[wildcards.method]
+
+
+# the benchmark files whose sum is a method's cost (SLUG: one pass each set,
+# the layer analysis and the search)
+def method_cost_files(target, method, model=MODEL):
+    b = "results/benchmarks"
+    own = [f"{b}/unlearn_clip/{model}/{target}/{method}.tsv"]
+    if method == "slug":
+        return [
+            f"{b}/clip_gradients/{model}/{target}/forget.tsv",
+            f"{b}/clip_gradients/{model}/{target}/retain.tsv",
+            f"{b}/layer_analysis/{model}/{target}.tsv",
+        ] + own
+    return own
+
+
+def clip_table_costs():
+    return {
+        t: {m: method_cost_files(t, m) for m in METHODS} | {"original": []}
+        for t in TARGETS
+    }
+
+
+def clip_outputs():
+    return expand(
+        "results/tables/clip_unlearning.{ext}", ext=["csv", "md", "tex"]
+    ) + expand("results/layers/{model}/{target}.png", model=MODEL, target=TARGETS)

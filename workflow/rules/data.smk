@@ -159,9 +159,11 @@ rule ingest_eval_set:
 rule select_sets:
     input:
         shards=expand("results/data/laion/{shard}.tar", shard=SHARDS),
+        heldout_shards=expand("results/data/laion/{shard}.tar", shard=HELDOUT_SHARDS),
     output:
         forget="results/data/{target}/forget.tar",
         retain="results/data/{target}/retain.tar",
+        heldout="results/data/{target}/heldout.tar",
         summary="results/data/{target}/summary.json",
     log:
         "logs/select_sets/{target}.log",

@@ -8,4 +8,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F
 
 from unlearnflow.cli import run_from_snakemake  # noqa: E402
 
-run_from_snakemake(snakemake)  # noqa: F821
+# The guard matters: img2dataset starts workers with "spawn", which re-imports
+# the main script; unguarded, each worker would run the whole stage again.
+if __name__ == "__main__":
+    run_from_snakemake(snakemake)  # noqa: F821

@@ -389,14 +389,30 @@ def _img2dataset_env():
     newer version in every spawned worker. img2dataset installs a SIGINT
     handler that calls ``sys.exit(0)``: left in place, a later Ctrl-C would
     end the process with status 0, so the previous handler is put back.
+
+    img2dataset's workers are started with "spawn", which re-runs a main
+    *script* (``python file.py``, as Snakemake runs ``workflow/scripts/stage.py``)
+    in every worker. A script without an ``if __name__ == "__main__"`` guard
+    would start the stage again there, and the pool hangs on workers that die
+    while bootstrapping. The workers need nothing from ``__main__`` (they
+    unpickle img2dataset's own classes), so its ``__file__`` is hidden while
+    img2dataset runs. (``python -m pkg`` mains are imported by name and
+    ``*.__main__`` modules are skipped by multiprocessing already.)
     """
     old_env = os.environ.get("NO_ALBUMENTATIONS_UPDATE")
     os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
     main_thread = threading.current_thread() is threading.main_thread()
     old_sigint = signal.getsignal(signal.SIGINT) if main_thread else None
+    main = sys.modules.get("__main__")
+    main_file = None
+    if main is not None and getattr(main, "__spec__", None) is None and hasattr(main, "__file__"):
+        main_file = main.__file__
+        del main.__file__
     try:
         yield
     finally:
+        if main_file is not None:
+            main.__file__ = main_file
         if old_env is None:
             os.environ.pop("NO_ALBUMENTATIONS_UPDATE", None)
         else:

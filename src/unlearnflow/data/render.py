@@ -337,11 +337,33 @@ def object_cover(shape: str, size: int, rng, cx=None, cy=None, scale=None) -> np
     return soft(shape_sdf(shape, u, v) * scale, size)
 
 
+def hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
+    i = int(h * 6) % 6
+    f = h * 6 - int(h * 6)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i])
+
+
+def object_color(shape: str, rng) -> np.ndarray:
+    """An object's characteristic hue (as real object classes have), jittered."""
+    hue = (SHAPES.index(shape) * 5 / len(SHAPES) + rng.normal(0, 0.012)) % 1.0
+    return hsv_to_rgb(hue, rng.uniform(0.65, 1.0), rng.uniform(0.7, 1.0))
+
+
+def plain_background(size: int, rng) -> np.ndarray:
+    """A muted two-tone gradient: the object, not the scene, carries colour."""
+    x, y = grid(size)
+    c1, c2 = rng.uniform(0.3, 0.8, (2, 1)) + rng.normal(0, 0.05, (2, 3))
+    ang = rng.uniform(0, 2 * np.pi)
+    t = np.clip((np.cos(ang) * x + np.sin(ang) * y + 1) / 2, 0, 1)
+    return np.clip(c1 * (1 - t[..., None]) + c2 * t[..., None], 0, 1)
+
+
 def object_photo(shape: str, size: int, rng) -> np.ndarray:
-    """An object in a random colour on a nuisance background ("a photo")."""
-    img = natural_background(size, rng)
+    """An object in its characteristic colour on a muted background ("a photo")."""
+    img = plain_background(size, rng)
     cover = object_cover(shape, size, rng)
-    base = rng.uniform(0.05, 0.95, 3)
+    base = object_color(shape, rng)
     x, y = grid(size)
     shade = (1.0 - 0.25 * (x + y + 2) / 4)[..., None]  # simple top-left lighting
     fg = np.clip(base * shade, 0, 1)

@@ -176,6 +176,23 @@ def select_sets(
     return summary
 
 
+def select_heldout(shards, target: dict, out_path, target_id: str) -> int:
+    """Target pairs from shards the model never saw: MIA's non-members."""
+    matcher = Matcher.from_target(target)
+    scanned = 0
+    with ShardWriter(out_path) as w:
+        for shard in shards:
+            for sample in iter_samples(shard):
+                scanned += 1
+                if matcher(sample.caption):
+                    w.write(sample)
+        if w.count == 0:
+            raise UnlearnflowError(
+                f"target {target_id!r}: no held-out pair among {scanned} captions of {list(map(str, shards))}"
+            )
+        return w.count
+
+
 def select_stage(inp: dict, out: dict, params: dict) -> None:
     s = select_sets(
         shards=inp["shards"],
@@ -188,3 +205,7 @@ def select_stage(inp: dict, out: dict, params: dict) -> None:
         target_id=params["target_id"],
     )
     print(f"{s['target']}: forget {s['forget']}, retain {s['retain']} of {s['scanned']} scanned")
+    if "heldout" in out:
+        shards = inp["heldout_shards"] if isinstance(inp["heldout_shards"], list) else [inp["heldout_shards"]]
+        n = select_heldout(shards, params["target"], out["heldout"], params["target_id"])
+        print(f"{s['target']}: {n} held-out pairs")

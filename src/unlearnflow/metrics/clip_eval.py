@@ -1,0 +1,156 @@
+"""CLIP evaluation of one model for one target, as SLUG reports it.
+
+- forget accuracy FA@1 / FA@5: zero-shot top-k accuracy on the target's
+  images (identity targets: over all identity names, template "{c}.";
+  object targets: over all object names, the 7 simple templates);
+- identity_acc1/5: mean per-identity accuracy over the *other* identities;
+- test_acc1/5: zero-shot object accuracy (ImageNet-like), the target class
+  excluded when the target is an object;
+- MIA (evaluation stage only): forget pairs vs held-out pairs.
+
+The work is split so that a step-size search can reuse what an edit cannot
+change: :class:`EvalSuite` holds the images and class names;
+:meth:`EvalSuite.score` turns image features and text classifiers into the
+record, so callers decide which of the two to recompute.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+from ..io import UnlearnflowError
+from .zeroshot import (
+    IDENTITY_TEMPLATES,
+    SIMPLE_TEMPLATES,
+    LabelledImages,
+    encode_images,
+    identity_scores,
+    load_labelled,
+    object_scores,
+    read_classes,
+    resolve_target,
+    text_classifier,
+)
+
+METRICS = ("fa1", "fa5", "identity_acc1", "identity_acc5", "test_acc1", "test_acc5")
+
+
+@dataclass
+class EvalSuite:
+    """Labelled images of one split: identities and objects."""
+
+    identities: LabelledImages
+    identity_names: list[str]
+    objects: LabelledImages
+    object_names: list[str]
+    target_name: str
+    target_kind: str
+
+    @classmethod
+    def load(cls, sets: dict, target: dict, preprocess, max_per_class=None) -> "EvalSuite":
+        """``sets``: {identities: {tar, classes}, objects: {tar, classes}}."""
+        kind = target.get("kind", "identity")
+        if kind not in ("identity", "object"):
+            raise UnlearnflowError(f"target {target['name']!r}: CLIP evaluation covers identity and object targets")
+        suite = cls(
+            identities=load_labelled(sets["identities"]["tar"], preprocess, max_per_class),
+            identity_names=read_classes(sets["identities"]["classes"]),
+            objects=load_labelled(sets["objects"]["tar"], preprocess, max_per_class),
+            object_names=read_classes(sets["objects"]["classes"]),
+            target_name=target["name"],
+            target_kind=kind,
+        )
+        names = suite.identity_names if kind == "identity" else suite.object_names
+        resolve_target(names, target["name"])  # unknown target: an error listing the names
+        return suite
+
+    # -- the two things an edit can change
+    def image_features(self, model, device="cpu", encode=None) -> dict:
+        encode = encode or (lambda imgs: encode_images(model, imgs, device=device))
+        return {"identities": encode(self.identities.images), "objects": encode(self.objects.images)}
+
+    def classifiers(self, model, tokenizer, device="cpu") -> dict:
+        return {
+            "identities": text_classifier(model, tokenizer, self.identity_names, IDENTITY_TEMPLATES, device=device),
+            "objects": text_classifier(model, tokenizer, self.object_names, SIMPLE_TEMPLATES, device=device),
+        }
+
+    # -- and the record they give
+    def score(self, feats: dict, classifiers: dict) -> dict:
+        ident_target = self.target_name if self.target_kind == "identity" else None
+        ids = identity_scores(
+            feats["identities"], self.identities.labels, classifiers["identities"], self.identity_names, ident_target
+        )
+        exclude = resolve_target(self.object_names, self.target_name) if self.target_kind == "object" else None
+        objs = object_scores(feats["objects"], self.objects.labels, classifiers["objects"], exclude_label=exclude)
+        src = ids if self.target_kind == "identity" else objs
+        return {
+            "fa1": src["fa1"],
+            "fa5": src["fa5"],
+            "n_forget_images": src["n_forget_images"],
+            "identity_acc1": ids["identity_acc1"],
+            "identity_acc5": ids["identity_acc5"],
+            "test_acc1": objs["test_acc1"],
+            "test_acc5": objs["test_acc5"],
+        }
+
+    def evaluate(self, model, tokenizer, device="cpu") -> dict:
+        return self.score(self.image_features(model, device), self.classifiers(model, tokenizer, device))
+
+
+def eval_sets_from(inp: dict, split: str) -> dict:
+    """The {identities, objects} -> {tar, classes} dict from rule inputs."""
+    return {
+        s: {"tar": inp[f"{s}_{split}"], "classes": inp[f"{s}_classes"]}
+        for s in ("identities", "objects")
+    }
+
+
+def utility_drop(base: dict, probe: dict, keys=("identity_acc1", "test_acc1")) -> dict:
+    return {k: base[k] - probe[k] for k in keys}
+
+
+def finite(x) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
+__all__ = ["EvalSuite", "METRICS", "eval_sets_from", "utility_drop"]
+
+
+def evaluate_stage(inp: dict, out: dict, params: dict) -> None:
+    """Rule ``evaluate_clip``: the test-split record of one model for one target.
+
+    "A model" is the base model plus an optional delta, so any checkpoint
+    can be scored the same way.
+    """
+    from pathlib import Path
+
+    import torch
+
+    from ..io import write_json
+    from ..models.clip import load_clip, resolve_device
+    from .mia import encode_pairs, mia_accuracy
+
+    if params.get("threads"):
+        torch.set_num_threads(int(params["threads"]))
+    device = resolve_device(params.get("device", "auto"))
+    bundle = load_clip(Path(inp["config"]).parent, device=device, delta=inp.get("delta"))
+    suite = EvalSuite.load(eval_sets_from(inp, "test"), params["target"], bundle.preprocess)
+    record = suite.evaluate(bundle.model, bundle.tokenizer, device)
+    members = encode_pairs(bundle.model, bundle.tokenizer, inp["forget"], bundle.preprocess, device=device)
+    nonmembers = encode_pairs(bundle.model, bundle.tokenizer, inp["heldout"], bundle.preprocess, device=device)
+    mia = mia_accuracy(members, nonmembers, seeds=range(int(params.get("mia_seeds", 10))))
+    record.update(
+        mia=mia["mean"],
+        mia_std=mia["std"],
+        forget_cosine=float(members.mean()),
+        heldout_cosine=float(nonmembers.mean()),
+        target=params["target_id"],
+        method=params["method"],
+        model_fingerprint=bundle.info.get("fingerprint", ""),
+        delta=str(inp.get("delta") or ""),
+    )
+    write_json(out["json"], record)
+    print({k: record[k] for k in ("method", "target", *METRICS, "mia")})

@@ -1,0 +1,78 @@
+"""The papers' tables, regenerated from the cached evaluation records.
+
+``clip_unlearning``: one row per (target, method) plus the original model,
+then a mean row per method over targets, as the SLUG paper reports it. Costs
+come from Snakemake's ``benchmark:`` files: a method's seconds and peak
+memory are the sum / max over the jobs it needs (for SLUG: both gradient
+passes, the layer analysis and the search).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .io import InputFileError, atomic_path, read_json
+
+CLIP_COLUMNS = ["target", "method", "fa1", "fa5", "identity_acc1", "test_acc1", "mia", "seconds", "peak_mem_mb"]
+
+
+def read_benchmark(path) -> dict:
+    """Wall seconds and peak RSS (MB) of one Snakemake benchmark file."""
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(path, "benchmark file not found")
+    try:
+        df = pd.read_csv(path, sep="\t")
+        return {"seconds": float(df["s"].iloc[-1]), "peak_mem_mb": float(pd.to_numeric(df["max_rss"], errors="coerce").iloc[-1])}
+    except (KeyError, IndexError, pd.errors.ParserError) as exc:
+        raise InputFileError(path, f"not a Snakemake benchmark file ({exc})") from exc
+
+
+def method_cost(paths: list) -> dict:
+    costs = [read_benchmark(p) for p in paths]
+    if not costs:
+        return {"seconds": float("nan"), "peak_mem_mb": float("nan")}
+    return {
+        "seconds": sum(c["seconds"] for c in costs),
+        "peak_mem_mb": max(c["peak_mem_mb"] for c in costs),
+    }
+
+
+def clip_table(records: list[dict], costs: dict) -> pd.DataFrame:
+    """``costs``: {target: {method: [benchmark paths]}}."""
+    rows = []
+    for r in records:
+        c = method_cost(costs.get(r["target"], {}).get(r["method"], []))
+        rows.append({k: r.get(k) for k in CLIP_COLUMNS if k not in c} | c)
+    df = pd.DataFrame(rows, columns=CLIP_COLUMNS)
+    order = {m: i for i, m in enumerate(["original"] + sorted(set(df["method"]) - {"original"}))}
+    df = df.sort_values(["target", "method"], key=lambda s: s.map(order) if s.name == "method" else s)
+    mean = df.groupby("method", sort=False).mean(numeric_only=True).reset_index()
+    mean.insert(0, "target", "mean")
+    mean = mean.sort_values("method", key=lambda s: s.map(order))
+    return pd.concat([df, mean[CLIP_COLUMNS]], ignore_index=True)
+
+
+def write_tables(df: pd.DataFrame, csv, md, tex, caption: str) -> None:
+    with atomic_path(csv, suffix=".csv") as tmp:
+        df.to_csv(tmp, index=False, float_format="%.2f")
+    with atomic_path(md, suffix=".md") as tmp:
+        tmp.write_text(df.to_markdown(index=False, floatfmt=".2f") + "\n")
+    with atomic_path(tex, suffix=".tex") as tmp:
+        tmp.write_text(
+            df.to_latex(index=False, float_format="%.2f", caption=caption, label="tab:" + Path(csv).stem, na_rep="--")
+        )
+
+
+def clip_table_stage(inp: dict, out: dict, params: dict) -> None:
+    records = []
+    for path in inp["evals"]:
+        r = read_json(path)
+        if r["method"] == "base":
+            r["method"] = "original"
+        records.append(r)
+    df = clip_table(records, params["costs"])
+    write_tables(df, out["csv"], out["md"], out["tex"], params.get("caption", "CLIP unlearning"))
+    print(df.to_markdown(index=False, floatfmt=".2f"))

@@ -1,0 +1,40 @@
+# Evaluation of "a model" (base + optional delta) on the test split.
+
+
+rule evaluate_clip:
+    input:
+        unpack(
+            lambda wc: (
+                {}
+                if wc.method == "base"
+                else {
+                    "delta": f"results/unlearn/{wc.model}/{wc.target}/{wc.method}/delta.safetensors"
+                }
+            )
+        ),
+        **model_files(),
+        **eval_set_files("test"),
+        forget="results/data/{target}/forget.tar",
+        heldout="results/data/{target}/heldout.tar",
+    output:
+        json="results/eval/{model}/{target}/{method}.json",
+    log:
+        "logs/evaluate_clip/{model}/{target}/{method}.log",
+    benchmark:
+        "results/benchmarks/evaluate_clip/{model}/{target}/{method}.tsv"
+    wildcard_constraints:
+        method=one_of(["base"] + METHODS),
+    conda:
+        "../../envs/torch.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        method=lambda wc: wc.method,
+        target=lambda wc: target_config(wc.target),
+        target_id=lambda wc: wc.target,
+        mia_seeds=config["evaluation"]["mia_seeds"],
+        device=config["clip"]["device"],
+    script:
+        "../scripts/stage.py"

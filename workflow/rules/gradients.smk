@@ -1,0 +1,54 @@
+# Per-parameter forget and retain gradients, then the layer analysis.
+
+
+rule clip_gradients:
+    input:
+        **model_files(),
+        tar="results/data/{target}/{set}.tar",
+    output:
+        grads="results/grads/{model}/{target}/{set}.safetensors",
+    log:
+        "logs/clip_gradients/{model}/{target}/{set}.log",
+    benchmark:
+        "results/benchmarks/clip_gradients/{model}/{target}/{set}.tsv"
+    wildcard_constraints:
+        set="forget|retain",
+    conda:
+        "../../envs/torch.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1 if config["clip"]["device"].startswith("cuda") else 0,
+    params:
+        set=lambda wc: wc.set,
+        loss=lambda wc: config["gradients"][f"{wc.set}_loss"],
+        batch_size=config["gradients"]["batch_size"],
+        amp=config["gradients"]["amp"],
+        device=config["clip"]["device"],
+    script:
+        "../scripts/stage.py"
+
+
+rule layer_analysis:
+    input:
+        grad_forget="results/grads/{model}/{target}/forget.safetensors",
+        grad_retain="results/grads/{model}/{target}/retain.safetensors",
+        weights="results/models/{model}/open_clip_model.safetensors",
+    output:
+        table="results/layers/{model}/{target}.parquet",
+        plot="results/layers/{model}/{target}.png",
+    log:
+        "logs/layer_analysis/{model}/{target}.log",
+    benchmark:
+        "results/benchmarks/layer_analysis/{model}/{target}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        **config["layers"],
+        title=lambda wc: f"{wc.model}: {wc.target}",
+    script:
+        "../scripts/stage.py"

@@ -1,0 +1,53 @@
+# The CLIP model stage: every model ends up as an open_clip local-dir folder.
+
+
+wildcard_constraints:
+    model=r"[A-Za-z0-9_.-]+",
+
+
+if config["clip"]["source"] == "train":
+
+    rule pretrain_clip:
+        input:
+            shards=expand("results/data/laion/{shard}.tar", shard=SHARDS),
+        output:
+            **model_files("{model}"),
+        log:
+            "logs/pretrain_clip/{model}.log",
+        benchmark:
+            "results/benchmarks/pretrain_clip/{model}.tsv"
+        conda:
+            "../../envs/torch.yaml"
+        threads: workflow.cores
+        resources:
+            mem_mb=4000,
+            runtime=60,
+            gpu=1 if config["clip"]["device"].startswith("cuda") else 0,
+        params:
+            model_cfg=config["clip"]["model_cfg"],
+            train=config["clip"]["train"],
+            seed=config["seeds"]["train"],
+            device=config["clip"]["device"],
+        script:
+            "../scripts/stage.py"
+
+else:
+
+    rule export_clip:
+        output:
+            **model_files("{model}"),
+        log:
+            "logs/export_clip/{model}.log",
+        benchmark:
+            "results/benchmarks/export_clip/{model}.tsv"
+        conda:
+            "../../envs/torch.yaml"
+        resources:
+            mem_mb=16000,
+            runtime=60,
+        params:
+            arch=config["clip"]["arch"],
+            pretrained=config["clip"]["pretrained"],
+            cache_dir=config["clip"]["cache_dir"],
+        script:
+            "../scripts/stage.py"

@@ -1,0 +1,35 @@
+# Unlearning: one rule, generic over {method} (methods/ holds one module each).
+
+
+rule unlearn_clip:
+    input:
+        unpack(method_inputs),
+        **model_files(),
+        **eval_set_files("val"),
+        forget="results/data/{target}/forget.tar",
+        retain="results/data/{target}/retain.tar",
+    output:
+        delta="results/unlearn/{model}/{target}/{method}/delta.safetensors",
+        trace="results/unlearn/{model}/{target}/{method}/search.parquet",
+        info="results/unlearn/{model}/{target}/{method}/info.json",
+    log:
+        "logs/unlearn_clip/{model}/{target}/{method}.log",
+    benchmark:
+        "results/benchmarks/unlearn_clip/{model}/{target}/{method}.tsv"
+    wildcard_constraints:
+        method=one_of(METHODS),
+    conda:
+        "../../envs/torch.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=1 if config["clip"]["device"].startswith("cuda") else 0,
+    params:
+        method=lambda wc: wc.method,
+        params=lambda wc: config["methods"][wc.method],
+        target=lambda wc: target_config(wc.target),
+        seed=config["seeds"]["unlearn"],
+        device=config["clip"]["device"],
+    script:
+        "../scripts/stage.py"
