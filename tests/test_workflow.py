@@ -24,7 +24,7 @@ def job_counts(out: str) -> dict:
 
 def test_data_stages_end_to_end_and_reruns(workflow):
     cfg = small_config()
-    workflow.run(cfg=cfg)
+    workflow.run("data", cfg=cfg)
     res = workflow.workdir / "results/data"
     for target, name in (("mira_castell", "Mira Castell"), ("kite", "kite")):
         m = Matcher(name)
@@ -42,7 +42,7 @@ def test_data_stages_end_to_end_and_reruns(workflow):
     assert (workflow.workdir / "results/benchmarks/synthetic_shard/00000.tsv").exists()
 
     # a second run has nothing to do
-    _, out = workflow.run("-n")
+    _, out = workflow.run("data", "-n")
     assert "Nothing to be done" in out
 
     # a new retain size reruns only the selection, not the shards or eval sets
@@ -50,9 +50,9 @@ def test_data_stages_end_to_end_and_reruns(workflow):
     eval_mtime = (res / "eval/objects/val.tar").stat().st_mtime_ns
     cfg2 = copy.deepcopy(cfg)
     cfg2["selection"]["retain_size"] = 60
-    _, out = workflow.run("-n", cfg=cfg2)
-    assert job_counts(out) == {"select_sets": 2, "all": 1}
-    workflow.run()
+    _, out = workflow.run("data", "-n", cfg=cfg2)
+    assert job_counts(out) == {"select_sets": 2, "data": 1}
+    workflow.run("data")
     assert json.loads((res / "kite/summary.json").read_text())["retain"] == 60
     assert (res / "laion/00000.tar").stat().st_mtime_ns == shard_mtime
     assert (res / "eval/objects/val.tar").stat().st_mtime_ns == eval_mtime
@@ -60,8 +60,8 @@ def test_data_stages_end_to_end_and_reruns(workflow):
     # a new eval size reruns only that kind of eval set
     cfg3 = copy.deepcopy(cfg2)
     cfg3["data"]["eval"]["objects"]["per_class"]["test"] = 4
-    _, out = workflow.run("-n", cfg=cfg3)
-    assert job_counts(out) == {"synthetic_eval_set": 1, "all": 1}
+    _, out = workflow.run("data", "-n", cfg=cfg3)
+    assert job_counts(out) == {"synthetic_eval_set": 1, "data": 1}
 
 
 def test_schema_errors_name_the_key_and_allowed_values(workflow):
@@ -121,3 +121,39 @@ def test_eval_set_from_user_folders(workflow, tmp_path):
     del cfg["data"]["eval"]["identities"]["root"]
     code, out = workflow.run("-n", cfg=cfg, check=False)
     assert code != 0 and "root" in out
+
+
+def test_clip_slug_dag_end_to_end(workflow):
+    """The whole CLIP branch on a tiny config: model, gradients, layers,
+    SLUG, evaluation, table; then a SLUG param change reruns only SLUG."""
+    import pandas as pd
+    from safetensors.torch import load_file
+
+    cfg = small_config(
+        targets=[{"id": "mira_castell", "name": "Mira Castell", "kind": "identity"}],
+        clip={"train": {"epochs": 2, "batch_size": 64}},
+        methods={"slug": {"max_layers_per_tower": 1, "max_probes": 3}},
+        evaluation={"mia_seeds": 2},
+    )
+    cfg["data"]["heldout_shards"] = ["00005"]
+    workflow.run(cfg=cfg)
+    res = workflow.workdir / "results"
+    table = pd.read_csv(res / "tables/clip_unlearning.csv")
+    assert list(table.columns) == [
+        "target", "method", "fa1", "fa5", "identity_acc1", "test_acc1", "mia", "seconds", "peak_mem_mb",
+    ]  # fmt: skip
+    assert set(zip(table["target"], table["method"])) == {
+        ("mira_castell", "original"), ("mira_castell", "slug"), ("mean", "original"), ("mean", "slug"),
+    }  # fmt: skip
+    slug = table[(table["target"] == "mira_castell") & (table["method"] == "slug")].iloc[0]
+    assert slug["seconds"] > 0 and slug["peak_mem_mb"] > 0
+    assert (res / "tables/clip_unlearning.md").read_text().count("|") > 20
+    assert "\\begin{tabular}" in (res / "tables/clip_unlearning.tex").read_text()
+    assert len(load_file(res / "unlearn/tiny_clip/mira_castell/slug/delta.safetensors")) == 1
+    base = json.loads((res / "eval/tiny_clip/mira_castell/base.json").read_text())
+    assert base["delta"] == "" and 0 <= base["fa1"] <= 100
+    assert (res / "layers/tiny_clip/mira_castell.png").stat().st_size > 1000
+
+    cfg["methods"]["slug"]["max_probes"] = 2
+    _, out = workflow.run("-n", cfg=cfg)
+    assert job_counts(out) == {"unlearn_clip": 1, "evaluate_clip": 1, "clip_table": 1, "all": 1}
