@@ -32,6 +32,7 @@ class MethodContext:
     grad_forget: Path | None = None
     grad_retain: Path | None = None
     layers: Path | None = None
+    mask: Path | None = None  # SalUn saliency mask (bool per parameter)
     val_sets: dict | None = None  # {identities|objects: {tar, classes}}
     seed: int = 0
 
@@ -73,6 +74,7 @@ def unlearn_stage(inp: dict, out: dict, params: dict) -> None:
         grad_forget=inp.get("grad_forget"),
         grad_retain=inp.get("grad_retain"),
         layers=inp.get("layers"),
+        mask=inp.get("mask"),
         val_sets=eval_sets_from(inp, "val"),
         seed=int(params.get("seed", 0)),
     )
