@@ -40,6 +40,8 @@ STAGES: dict[str, str] = {
     "unlearn_clip": "unlearnflow.methods:unlearn_stage",
     "evaluate_clip": "unlearnflow.metrics.clip_eval:evaluate_stage",
     "clip_table": "unlearnflow.tables:clip_table_stage",
+    "clip_tradeoff": "unlearnflow.plots:tradeoff_stage",
+    "salun_masks": "unlearnflow.masks:masks_stage",
 }
 
 

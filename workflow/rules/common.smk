@@ -6,7 +6,7 @@ import re
 SHARDS = list(config["data"]["shards"])
 HELDOUT_SHARDS = list(config["data"]["heldout_shards"])
 MODEL = config["clip"]["name"]
-METHODS = list(config["methods"])
+METHODS = list(config["run_methods"])
 TARGETS = {t["id"]: t for t in config["targets"]}
 EVAL_SETS = ["identities", "objects", "styles"]
 SPLITS = ["val", "test"]
@@ -120,6 +120,11 @@ def method_inputs(wildcards):
             "grad_forget": f"results/grads/{m}/{t}/forget.safetensors",
             "layers": f"results/layers/{m}/{t}.parquet",
         },
+        "ft": {},
+        "ga": {},
+        "ga_ft": {},
+        "ssd": {},
+        "salun": {"mask": mask_file(t, salun_fraction(), m)},
     }
     if wildcards.method not in needs:
         raise ValueError(
@@ -128,17 +133,40 @@ def method_inputs(wildcards):
     return needs[wildcards.method]
 
 
+MASK_FRACTIONS = [float(f) for f in config["masks"]["fractions"]]
+
+
+def method_params(method):
+    return config["methods"].get(method, {})
+
+
+def salun_fraction():
+    f = float(method_params("salun").get("mask_fraction", 0.5))
+    if f not in MASK_FRACTIONS:
+        raise ValueError(
+            f"methods.salun.mask_fraction {f} is not among masks.fractions {MASK_FRACTIONS}"
+        )
+    return f
+
+
+def mask_file(target, fraction, model=MODEL):
+    return f"results/masks/{model}/{target}/salun_{float(fraction)}.safetensors"
+
+
 # the benchmark files whose sum is a method's cost (SLUG: one pass each set,
-# the layer analysis and the search)
+# the layer analysis and the search; SalUn: the forget pass and the masks)
 def method_cost_files(target, method, model=MODEL):
     b = "results/benchmarks"
     own = [f"{b}/unlearn_clip/{model}/{target}/{method}.tsv"]
+    forget_pass = f"{b}/clip_gradients/{model}/{target}/forget.tsv"
     if method == "slug":
         return [
-            f"{b}/clip_gradients/{model}/{target}/forget.tsv",
+            forget_pass,
             f"{b}/clip_gradients/{model}/{target}/retain.tsv",
             f"{b}/layer_analysis/{model}/{target}.tsv",
         ] + own
+    if method == "salun":
+        return [forget_pass, f"{b}/salun_masks/{model}/{target}.tsv"] + own
     return own
 
 
@@ -150,6 +178,8 @@ def clip_table_costs():
 
 
 def clip_outputs():
-    return expand(
-        "results/tables/clip_unlearning.{ext}", ext=["csv", "md", "tex"]
-    ) + expand("results/layers/{model}/{target}.png", model=MODEL, target=TARGETS)
+    return (
+        expand("results/tables/clip_unlearning.{ext}", ext=["csv", "md", "tex"])
+        + ["results/tables/clip_tradeoff.png"]
+        + expand("results/layers/{model}/{target}.png", model=MODEL, target=TARGETS)
+    )

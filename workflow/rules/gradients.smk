@@ -52,3 +52,27 @@ rule layer_analysis:
         title=lambda wc: f"{wc.model}: {wc.target}",
     script:
         "../scripts/stage.py"
+
+
+rule salun_masks:
+    input:
+        grad_forget="results/grads/{model}/{target}/forget.safetensors",
+    output:
+        **{
+            f"salun_{f}": f"results/masks/{{model}}/{{target}}/salun_{f}.safetensors"
+            for f in MASK_FRACTIONS
+        },
+    params:
+        fractions=MASK_FRACTIONS,
+        exclude=config["masks"]["exclude"],
+    log:
+        "logs/salun_masks/{model}/{target}.log",
+    benchmark:
+        "results/benchmarks/salun_masks/{model}/{target}.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/stage.py"

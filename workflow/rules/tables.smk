@@ -27,3 +27,18 @@ rule clip_table:
         caption="Unlearning in CLIP: forget accuracy (FA), accuracy on other identities, object zero-shot accuracy, MIA, cost.",
     script:
         "../scripts/stage.py"
+
+
+rule clip_tradeoff:
+    input:
+        table="results/tables/clip_unlearning.csv",
+    output:
+        png="results/tables/clip_tradeoff.png",
+    params:
+        title="CLIP unlearning: forget accuracy vs object accuracy",
+    log:
+        "logs/clip_tradeoff/clip_tradeoff.log",
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/stage.py"

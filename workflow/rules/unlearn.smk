@@ -27,7 +27,7 @@ rule unlearn_clip:
         gpu=1 if config["clip"]["device"].startswith("cuda") else 0,
     params:
         method=lambda wc: wc.method,
-        params=lambda wc: config["methods"][wc.method],
+        params=lambda wc: method_params(wc.method),
         target=lambda wc: target_config(wc.target),
         seed=config["seeds"]["unlearn"],
         device=config["clip"]["device"],
