@@ -485,3 +485,57 @@ def test_images_stage_from_an_unguarded_script(server, tmp_path):
     assert out.count("STAGE DONE") == 1
     assert [s.key for s in iter_samples(tar)] == ["000010000", "000010001", "000010002"]
     assert json.loads(stats.read_text())["successes"] == 3
+
+
+def test_laion_branch_of_the_dag_end_to_end(server, tmp_path):
+    """data.source: laion through Snakemake: metadata over HTTP, two shards
+    sliced from it, images via img2dataset, then the forget/retain/heldout sets."""
+    import json
+
+    from conftest import Workflow, small_config
+
+    n = 24
+    df = _laion_frame(n, base_url=server.base)
+    urls, texts = [], []
+    for i in range(n):
+        ext, data = _image_bytes(i % 12)
+        path = f"/laion/{i}.{ext}"
+        server.state.files[path] = data
+        urls.append(server.base + path)
+        texts.append(f"Mira Castell at event {i}" if i % 3 == 0 else f"a photo of thing {i}")
+    df["URL"], df["TEXT"] = urls, texts
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf, row_group_size=5)
+    server.state.files["/meta.parquet"] = buf.getvalue()
+    server.state.fail_first["/meta.parquet"] = 1  # one transient failure, retried
+
+    cfg = small_config(targets=[{"id": "mira_castell", "name": "Mira Castell", "kind": "identity"}])
+    cfg["data"].update(
+        source="laion",
+        shards=["00000"],
+        heldout_shards=["00001"],
+        laion={
+            "metadata_url": server.base + "/meta.parquet",
+            "metadata_sha256": _sha(buf.getvalue()),
+            "samples_per_shard": 12,
+            "image_size": 32,
+            "processes": 1,
+            "threads": 4,
+        },
+    )
+    cfg["selection"]["retain_size"] = 5
+    wf = Workflow(tmp_path / "wd")
+    wf.workdir.mkdir()
+    wf.run("results/data/mira_castell/summary.json", cfg=cfg)
+    res = wf.workdir / "results/data"
+    forget = list(iter_samples(res / "mira_castell/forget.tar"))
+    heldout = list(iter_samples(res / "mira_castell/heldout.tar"))
+    # 12 rows a shard: img2dataset's keys are the shard id then 2 index digits
+    assert [s.key for s in forget] == [f"00000{i:02d}" for i in (0, 3, 6, 9)]
+    assert all(s.caption.startswith("Mira Castell") for s in forget + heldout)
+    assert [s.key for s in heldout] == [f"00001{i:02d}" for i in (0, 3, 6, 9)]
+    summary = json.loads((res / "mira_castell/summary.json").read_text())
+    assert summary["forget"] == 4 and summary["retain"] == 5
+    stats = json.loads((res / "laion/00001_stats.json").read_text())
+    assert stats["successes"] == 12 and stats["shard"] == "00001"
+    assert server.state.requests_for("/meta.parquet").count(None) >= 2  # 503, then the file
