@@ -22,6 +22,14 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
 
 
+# Cheap rules never go to a cluster queue.
+localrules:
+    all,
+    data,
+    clip_table,
+    clip_tradeoff,
+
+
 rule all:
     default_target: True
     input:

@@ -123,16 +123,30 @@ def test_eval_set_from_user_folders(workflow, tmp_path):
     assert code != 0 and "root" in out
 
 
-def test_clip_slug_dag_end_to_end(workflow):
-    """The whole CLIP branch on a tiny config: model, gradients, layers,
-    SLUG, evaluation, table; then a SLUG param change reruns only SLUG."""
+ALL_METHODS = ["slug", "ft", "ga", "ga_ft", "salun", "ssd"]
+
+
+def test_clip_dag_end_to_end_all_methods(workflow):
+    """The whole CLIP branch on a tiny config: model, gradients, layers, masks,
+    every method, evaluation, table, trade-off plot; then a change of one
+    method's params reruns only that method."""
     import pandas as pd
     from safetensors.torch import load_file
 
+    tiny_ft = {"epochs": 1, "max_steps": 3, "batch_size": 16}
     cfg = small_config(
         targets=[{"id": "mira_castell", "name": "Mira Castell", "kind": "identity"}],
         clip={"train": {"epochs": 2, "batch_size": 64}},
-        methods={"slug": {"max_layers_per_tower": 1, "max_probes": 3}},
+        run_methods=ALL_METHODS,
+        methods={
+            "slug": {"max_layers_per_tower": 1, "max_probes": 3},
+            "ft": tiny_ft,
+            "ga": tiny_ft,
+            "ga_ft": tiny_ft,
+            "salun": tiny_ft | {"mask_fraction": 0.5},
+            "ssd": {"lambdas": [0.5, 1.0]},
+        },
+        masks={"fractions": [0.5, 1.0]},
         evaluation={"mia_seeds": 2},
     )
     cfg["data"]["heldout_shards"] = ["00005"]
@@ -142,18 +156,27 @@ def test_clip_slug_dag_end_to_end(workflow):
     assert list(table.columns) == [
         "target", "method", "fa1", "fa5", "identity_acc1", "test_acc1", "mia", "seconds", "peak_mem_mb",
     ]  # fmt: skip
-    assert set(zip(table["target"], table["method"])) == {
-        ("mira_castell", "original"), ("mira_castell", "slug"), ("mean", "original"), ("mean", "slug"),
-    }  # fmt: skip
-    slug = table[(table["target"] == "mira_castell") & (table["method"] == "slug")].iloc[0]
-    assert slug["seconds"] > 0 and slug["peak_mem_mb"] > 0
+    methods = ["original"] + ALL_METHODS
+    assert set(zip(table["target"], table["method"])) == {(t, m) for t in ("mira_castell", "mean") for m in methods}
+    for m in ALL_METHODS:
+        row = table[(table["target"] == "mira_castell") & (table["method"] == m)].iloc[0]
+        assert row["seconds"] > 0 and row["peak_mem_mb"] > 0, m
     assert (res / "tables/clip_unlearning.md").read_text().count("|") > 20
     assert "\\begin{tabular}" in (res / "tables/clip_unlearning.tex").read_text()
+    assert (res / "tables/clip_tradeoff.png").stat().st_size > 5000
     assert len(load_file(res / "unlearn/tiny_clip/mira_castell/slug/delta.safetensors")) == 1
+    assert (res / "masks/tiny_clip/mira_castell/salun_0.5.safetensors").exists()
     base = json.loads((res / "eval/tiny_clip/mira_castell/base.json").read_text())
     assert base["delta"] == "" and 0 <= base["fa1"] <= 100
     assert (res / "layers/tiny_clip/mira_castell.png").stat().st_size > 1000
 
-    cfg["methods"]["slug"]["max_probes"] = 2
+    # one method's new params rerun that method alone (and the table)
+    untouched = {m: (res / f"unlearn/tiny_clip/mira_castell/{m}/delta.safetensors").stat().st_mtime_ns for m in ALL_METHODS}
+    cfg["methods"]["ft"]["lr"] = 3e-5
     _, out = workflow.run("-n", cfg=cfg)
-    assert job_counts(out) == {"unlearn_clip": 1, "evaluate_clip": 1, "clip_table": 1, "all": 1}
+    assert job_counts(out) == {"unlearn_clip": 1, "evaluate_clip": 1, "clip_table": 1, "clip_tradeoff": 1, "all": 1}
+    assert "results/unlearn/tiny_clip/mira_castell/ft/delta.safetensors" in out
+    workflow.run(cfg=cfg)
+    for m in ALL_METHODS:
+        now = (res / f"unlearn/tiny_clip/mira_castell/{m}/delta.safetensors").stat().st_mtime_ns
+        assert (now != untouched[m]) == (m == "ft"), m

@@ -20,6 +20,11 @@ from ..io import UnlearnflowError
 
 METHODS: dict[str, str] = {
     "slug": "unlearnflow.methods.slug",
+    "ft": "unlearnflow.methods.ft",
+    "ga": "unlearnflow.methods.ga",
+    "ga_ft": "unlearnflow.methods.ga_ft",
+    "salun": "unlearnflow.methods.salun",
+    "ssd": "unlearnflow.methods.ssd",
 }
 
 

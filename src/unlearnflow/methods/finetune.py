@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 SIGN = "loss = -forget_weight * L_forget + retain_weight * L_retain, minimised (ascent on the forget loss)"
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
-FROZEN = ("logit_scale",)  # never trained, never returned
+FROZEN = ("logit_scale", "logit_bias")  # the temperature (and SigLIP's bias): never trained, never returned
 _OPT_STATE = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
 
 # the keys every fine-tuning method accepts (its DEFAULTS give the values)
@@ -173,7 +173,7 @@ def finetune(
     max_steps: int | None = None,
     restore_masked: bool = True,
 ) -> dict:
-    """Train ``bundle.model`` in place; returns {trace (rows), steps, seconds}.
+    """Train ``bundle.model`` in place; returns {trace (rows), steps, seconds, ...}.
 
     ``mask``: parameter name -> bool tensor (True = salient, trainable);
     parameters absent from it are treated as all-False (frozen).
@@ -220,11 +220,13 @@ def finetune(
     gen = torch.Generator().manual_seed(int(seed))
     forget = load_set(forget_tar, bundle, "forget") if fw != 0 else None
     retain = load_set(retain_tar, bundle, "retain") if rw != 0 or fw == 0 else None
-    if retain is not None and retain_loss == "contrastive" and len(retain[0]) < 2:
-        raise UnlearnflowError(f"{retain_tar}: the contrastive retain loss needs at least 2 pairs")
+    if retain is not None and retain_loss == "contrastive" and min(len(retain[0]), batch_size) < 2:
+        raise UnlearnflowError(f"{retain_tar}: the contrastive retain loss needs batches of at least 2 pairs")
     lead = forget if forget is not None else retain
     n_lead = len(lead[0])
     steps_per_epoch = math.ceil(n_lead / batch_size)
+    if forget is None and retain_loss == "contrastive" and n_lead % batch_size == 1:
+        steps_per_epoch -= 1  # FT: a last batch of one pair has no InfoNCE; drop it
     total = epochs * steps_per_epoch
     if max_steps is not None:
         total = min(total, int(max_steps))
@@ -264,9 +266,7 @@ def finetune(
                 else:
                     f_idx, r_idx = None, idx
                 if r_idx is not None and retain_loss == "contrastive" and len(r_idx) < 2:
-                    r_idx = None  # InfoNCE of one pair is 0 (FT's last batch of one)
-                if f_idx is None and r_idx is None:
-                    continue
+                    r_idx = None  # InfoNCE of one pair is 0
                 cur_lr = lr_at(step, lr=float(lr), total=total, schedule=schedule, warmup_steps=int(warmup_steps))
                 for g in opt.param_groups:
                     g["lr"] = cur_lr
@@ -321,7 +321,13 @@ def finetune(
         for n, p in params.items():
             p.grad = None
             p.requires_grad_(saved_flags[n])
-    return {"trace": rows, "steps": step, "seconds": time.perf_counter() - t_start}
+    return {
+        "trace": rows,
+        "steps": step,
+        "seconds": time.perf_counter() - t_start,
+        "trainable_tensors": len(trainable),
+        "masked_tensors": len(restore),
+    }
 
 
 @torch.no_grad()
@@ -372,6 +378,7 @@ def run_finetune(ctx, params: dict, *, method: str, defaults: dict, mask: dict |
         "params": p,
         "steps": out["steps"],
         "train_seconds": out["seconds"],
+        "trainable_tensors": out["trainable_tensors"],
         "n_changed_tensors": len(tensors),
         "final_forget_loss": _num(last.get("forget_loss")),
         "final_retain_loss": _num(last.get("retain_loss")),

@@ -23,7 +23,7 @@ from .finetune import run_finetune
 PAPER = {"optimizer": "adamw", "lr": 1e-7, "batch_size": 32, "weight_decay": 0.1, "epochs": 10, "schedule": "cosine"}
 
 DEFAULTS = {
-    "epochs": 2,
+    "epochs": 5,
     "max_steps": None,
     "lr": 5e-5,
     "weight_decay": 0.1,

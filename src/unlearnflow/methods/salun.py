@@ -98,7 +98,9 @@ def load_mask(path, model) -> tuple[dict[str, torch.Tensor], dict, dict]:
         if m.dtype != torch.bool:
             raise InputFileError(path, f"mask {n!r} has dtype {m.dtype}, expected torch.bool")
         if tuple(m.shape) != tuple(params[n].shape):
-            raise InputFileError(path, f"mask {n!r} has shape {tuple(m.shape)}, the model's is {tuple(params[n].shape)}")
+            raise InputFileError(
+                path, f"mask {n!r} has shape {tuple(m.shape)}, the model's is {tuple(params[n].shape)}"
+            )
     missing = sorted(n for n in params if n not in mask and n not in FROZEN)
     if missing:
         log.warning("%s: %d parameter(s) not in the mask are frozen, e.g. %s", path, len(missing), missing[:3])

@@ -235,6 +235,8 @@ def run(ctx, params: dict):
 
     p = merge_params("ssd", DEFAULTS, params)
     lams = _lambdas(p["lambdas"])
+    if len(lams) > 1 and ctx.val_sets is None:
+        raise UnlearnflowError("ssd: a list of lambdas is searched on the validation split, but no val_sets were given")
     bundle = ctx.bundle
     theta0 = snapshot(bundle.model)
     t0 = time.perf_counter()
