@@ -62,17 +62,17 @@ rule salun_masks:
             f"salun_{f}": f"results/masks/{{model}}/{{target}}/salun_{f}.safetensors"
             for f in MASK_FRACTIONS
         },
-    params:
-        fractions=MASK_FRACTIONS,
-        exclude=config["masks"]["exclude"],
     log:
         "logs/salun_masks/{model}/{target}.log",
     benchmark:
         "results/benchmarks/salun_masks/{model}/{target}.tsv"
+    conda:
+        "../../envs/torch.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        fractions=MASK_FRACTIONS,
+        exclude=config["masks"]["exclude"],
     script:
         "../scripts/stage.py"

@@ -34,11 +34,11 @@ rule clip_tradeoff:
         table="results/tables/clip_unlearning.csv",
     output:
         png="results/tables/clip_tradeoff.png",
-    params:
-        title="CLIP unlearning: forget accuracy vs object accuracy",
     log:
         "logs/clip_tradeoff/clip_tradeoff.log",
     conda:
         "../../envs/torch.yaml"
+    params:
+        title="CLIP unlearning: forget accuracy vs object accuracy",
     script:
         "../scripts/stage.py"
