@@ -23,6 +23,8 @@ import yaml
 
 from conftest import BIN, REPO, small_config
 
+pytestmark = pytest.mark.slow
+
 SCRIPT = REPO / "scripts/local-slurm.sh"
 PACKAGES = ("munge", "slurmctld", "slurmd", "slurm-client")
 RUN_TIMEOUT = 300  # seconds per snakemake run
@@ -218,10 +220,11 @@ def test_a_job_failing_on_slurm_fails_the_run(slurm, tmp_path):
     code, out = run_on_slurm(workdir, cfg, "results/data/mira_castell/summary.json")
     print(f"\n[test_slurm] failing run on Slurm: rc={code} in {time.monotonic() - t0:.0f} s")
     assert code != 0
-    # the job's own error reaches the main log (show-failed-logs), naming Slurm
+    # the main log names the failed Slurm job and shows the job's own error
+    # (show-failed-logs)
+    ((failed_id, log),) = submissions(out)["select_sets"]
+    assert "Error in rule select_sets" in out and f"SLURM-job '{failed_id}' failed" in out, out[-6000:]
     assert "empty forget set" in out and "mira_castell" in out, out[-6000:]
-    assert re.search(r"Error in rule select_sets", out), out[-6000:]
-    (failed_id, log), = submissions(out)["select_sets"]
     job = slurm_job(failed_id)
     assert job.get("JobState") == "FAILED" and job.get("ExitCode") != "0:0", job
     assert "empty forget set" in (workdir / log).read_text()  # a failed job's Slurm log is kept

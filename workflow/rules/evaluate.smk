@@ -30,6 +30,7 @@ rule evaluate_clip:
     resources:
         mem_mb=4000,
         runtime=30,
+        gpu=1 if config["clip"]["device"].startswith("cuda") else 0,
     params:
         method=lambda wc: wc.method,
         target=lambda wc: target_config(wc.target),
