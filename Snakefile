@@ -13,6 +13,9 @@ configfile: os.path.join(workflow.basedir, "config.yaml")
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
@@ -28,6 +31,8 @@ localrules:
     data,
     clip_table,
     clip_tradeoff,
+    slug_search_plot,
+    costs_table,
 
 
 rule all:
@@ -35,3 +40,4 @@ rule all:
     input:
         rules.data.input,
         clip_outputs(),
+        costs_outputs(),

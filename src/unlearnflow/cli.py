@@ -42,6 +42,8 @@ STAGES: dict[str, str] = {
     "clip_table": "unlearnflow.tables:clip_table_stage",
     "clip_tradeoff": "unlearnflow.plots:tradeoff_stage",
     "salun_masks": "unlearnflow.masks:masks_stage",
+    "slug_search_plot": "unlearnflow.plots:search_trace_stage",
+    "costs_table": "unlearnflow.tables:costs_stage",
 }
 
 

@@ -76,3 +76,49 @@ def clip_table_stage(inp: dict, out: dict, params: dict) -> None:
     df = clip_table(records, params["costs"])
     write_tables(df, out["csv"], out["md"], out["tex"], params.get("caption", "CLIP unlearning"))
     print(df.to_markdown(index=False, floatfmt=".2f"))
+
+
+# ------------------------------------------------------------------ costs
+COST_COLUMNS = ["rule", "wildcards", "seconds", "peak_mem_mb"]
+
+
+def benchmark_job(path) -> tuple[str, str]:
+    """(rule, wildcards) of ``results/benchmarks/{rule}/{...}.tsv``: the rule
+    is the folder under ``benchmarks``, the wildcards the rest of the path
+    (``tiny_clip/mira_castell/slug``)."""
+    parts = Path(path).with_suffix("").parts
+    if "benchmarks" in parts[:-1]:
+        i = len(parts) - 1 - parts[::-1].index("benchmarks")
+        rest = parts[i + 1 :]
+        if len(rest) >= 2:
+            return rest[0], "/".join(rest[1:])
+    return Path(path).parent.name, Path(path).stem
+
+
+def costs_table(benchmark_files) -> pd.DataFrame:
+    """One row per benchmark file (rule, wildcards, wall seconds, peak RSS in
+    MB), in the given order, then a ``total`` row: the sum of the seconds and
+    the largest peak (jobs may overlap, so peaks do not add up)."""
+    rows = []
+    for path in benchmark_files:
+        rule, wildcards = benchmark_job(path)
+        rows.append({"rule": rule, "wildcards": wildcards, **read_benchmark(path)})
+    df = pd.DataFrame(rows, columns=COST_COLUMNS)
+    total = {
+        "rule": "total",
+        "wildcards": f"{len(df)} jobs",
+        "seconds": float(df["seconds"].sum()),
+        "peak_mem_mb": float(df["peak_mem_mb"].max()) if len(df) else float("nan"),
+    }
+    return pd.concat([df, pd.DataFrame([total], columns=COST_COLUMNS)], ignore_index=True)
+
+
+def costs_stage(inp: dict, out: dict, params: dict) -> None:
+    """Rule ``costs_table``: wall time and peak memory of every heavy job."""
+    files = inp["benchmarks"] if isinstance(inp["benchmarks"], list) else [inp["benchmarks"]]
+    df = costs_table(files)
+    with atomic_path(out["csv"], suffix=".csv") as tmp:
+        df.to_csv(tmp, index=False, float_format="%.2f")
+    with atomic_path(out["md"], suffix=".md") as tmp:
+        tmp.write_text(df.to_markdown(index=False, floatfmt=".2f") + "\n")
+    print(df.to_markdown(index=False, floatfmt=".2f"))

@@ -177,9 +177,73 @@ def clip_table_costs():
     }
 
 
+def search_plots(model=MODEL):
+    """The step-size search traces (SLUG only: the others search no layer)."""
+    if "slug" not in METHODS:
+        return []
+    return expand(
+        "results/unlearn/{model}/{target}/slug/search.png", model=model, target=TARGETS
+    )
+
+
 def clip_outputs():
     return (
         expand("results/tables/clip_unlearning.{ext}", ext=["csv", "md", "tex"])
         + ["results/tables/clip_tradeoff.png"]
         + expand("results/layers/{model}/{target}.png", model=MODEL, target=TARGETS)
+        + search_plots()
     )
+
+
+def heavy_benchmarks(model=MODEL):
+    """The benchmark file of every heavy job in the DAG of `all`, from the
+    same wildcard values (shards, eval sets, targets, methods, model); the
+    cheap local rules (tables, plots) are left out."""
+    b = "results/benchmarks"
+    shards = SHARDS + HELDOUT_SHARDS
+    if config["data"]["source"] == "synthetic":
+        data = expand(f"{b}/synthetic_shard/{{shard}}.tsv", shard=shards)
+    else:
+        data = [f"{b}/laion_metadata/metadata.tsv"] + expand(
+            f"{b}/{{stage}}/{{shard}}.tsv",
+            stage=["laion_shard_metadata", "laion_images"],
+            shard=shards,
+        )
+    data += [
+        f"{b}/{stage}/{s}.tsv"
+        for source, stage in (
+            ("synthetic", "synthetic_eval_set"),
+            ("folders", "ingest_eval_set"),
+        )
+        for s in eval_sets_from(source)
+    ]
+    data += expand(f"{b}/select_sets/{{target}}.tsv", target=TARGETS)
+    make = "pretrain_clip" if config["clip"]["source"] == "train" else "export_clip"
+    models = [f"{b}/{make}/{model}.tsv"]
+    # the layer plots are in `all`, so both gradient passes and the layer
+    # analysis always run; the masks only for SalUn
+    per_target = [
+        "clip_gradients/{model}/{target}/forget",
+        "clip_gradients/{model}/{target}/retain",
+        "layer_analysis/{model}/{target}",
+    ]
+    if "salun" in METHODS:
+        per_target.append("salun_masks/{model}/{target}")
+    per_target += [
+        f"{stage}/{{model}}/{{target}}/{method}"
+        for stage, methods in (
+            ("unlearn_clip", METHODS),
+            ("evaluate_clip", ["base"] + METHODS),
+        )
+        for method in methods
+    ]
+    clip = [
+        f"{b}/{p}.tsv".format(model=model, target=t)
+        for t in TARGETS
+        for p in per_target
+    ]
+    return data + models + clip
+
+
+def costs_outputs():
+    return expand("results/tables/costs.{ext}", ext=["csv", "md"])

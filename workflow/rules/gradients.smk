@@ -37,7 +37,13 @@ rule layer_analysis:
         weights="results/models/{model}/open_clip_model.safetensors",
     output:
         table="results/layers/{model}/{target}.parquet",
-        plot="results/layers/{model}/{target}.png",
+        plot=report(
+            "results/layers/{model}/{target}.png",
+            caption="../report/pareto.rst",
+            category="2. Layer selection (SLUG)",
+            subcategory="{model}",
+            labels={"target": "{target}", "figure": "Pareto front of layers"},
+        ),
     log:
         "logs/layer_analysis/{model}/{target}.log",
     benchmark:

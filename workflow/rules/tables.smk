@@ -13,7 +13,12 @@ rule clip_table:
             f for t in TARGETS for m in METHODS for f in method_cost_files(t, m)
         ],
     output:
-        csv="results/tables/clip_unlearning.csv",
+        csv=report(
+            "results/tables/clip_unlearning.csv",
+            caption="../report/clip_table.rst",
+            category="1. Tables",
+            labels={"table": "CLIP unlearning"},
+        ),
         md="results/tables/clip_unlearning.md",
         tex="results/tables/clip_unlearning.tex",
     log:
@@ -33,7 +38,12 @@ rule clip_tradeoff:
     input:
         table="results/tables/clip_unlearning.csv",
     output:
-        png="results/tables/clip_tradeoff.png",
+        png=report(
+            "results/tables/clip_tradeoff.png",
+            caption="../report/tradeoff.rst",
+            category="4. Trade-off",
+            labels={"figure": "forget vs object accuracy"},
+        ),
     log:
         "logs/clip_tradeoff/clip_tradeoff.log",
     conda:
@@ -42,3 +52,27 @@ rule clip_tradeoff:
         title="CLIP unlearning: forget accuracy vs object accuracy",
     script:
         "../scripts/stage.py"
+
+
+# Wall time and peak memory of every heavy job (its benchmark: file).
+rule costs_table:
+    input:
+        benchmarks=heavy_benchmarks(),
+    output:
+        csv=report(
+            "results/tables/costs.csv",
+            caption="../report/costs.rst",
+            category="1. Tables",
+            labels={"table": "costs per job"},
+        ),
+        md="results/tables/costs.md",
+    log:
+        "logs/costs_table/costs_table.log",
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/stage.py"
+
+
+# TODO (a later issue adds image generation): the before/after image grids
+# go in the report too, in their own category, once they exist.

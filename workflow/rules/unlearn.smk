@@ -33,3 +33,24 @@ rule unlearn_clip:
         device=config["clip"]["device"],
     script:
         "../scripts/stage.py"
+
+
+# SLUG's step-size search, one panel per searched layer (cheap: a local rule).
+rule slug_search_plot:
+    input:
+        trace="results/unlearn/{model}/{target}/slug/search.parquet",
+        info="results/unlearn/{model}/{target}/slug/info.json",
+    output:
+        png=report(
+            "results/unlearn/{model}/{target}/slug/search.png",
+            caption="../report/search_trace.rst",
+            category="3. Step-size search (SLUG)",
+            subcategory="{model}",
+            labels={"target": "{target}", "figure": "search trace"},
+        ),
+    log:
+        "logs/slug_search_plot/{model}/{target}.log",
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/stage.py"
