@@ -150,7 +150,7 @@ def test_save_load_round_trip_and_truncated_file(tmp_path):
     with pytest.raises(InputFileError, match="trunc.safetensors"):
         load_mask(bad)
     other = write_grads(tmp_path / "grad.safetensors", grads)
-    with pytest.raises(InputFileError, match="grad.safetensors.*not an unlearnflow mask"):
+    with pytest.raises(InputFileError, match="grad.safetensors.*not a SalUn mask"):
         load_mask(other)
     with pytest.raises(InputFileError, match="missing.safetensors"):
         load_mask(tmp_path / "missing.safetensors")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .io import InputFileError, UnlearnflowError, atomic_path
+from .io import UnlearnflowError, load_tensors, save_tensors
 from .models.clip import ClipBundle, load_clip, normalise, resolve_device
 
 log = logging.getLogger(__name__)
@@ -155,28 +155,11 @@ def check_nonzero(grads: dict[str, torch.Tensor], where: str) -> float:
 
 
 def save_gradients(path, grads: dict[str, torch.Tensor], metadata: dict) -> None:
-    from safetensors.torch import save_file
-
-    meta = {k: str(v) for k, v in metadata.items()}
-    with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file({k: v.contiguous() for k, v in grads.items()}, str(tmp), metadata=meta)
+    save_tensors(path, grads, metadata)
 
 
 def load_gradients(path) -> tuple[dict[str, torch.Tensor], dict]:
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.exists():
-        raise InputFileError(path, "file not found")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors raises its own error types
-        raise InputFileError(path, f"not a readable safetensors file ({exc})") from exc
-    if meta.get("format") != FORMAT:
-        raise InputFileError(path, f"not an unlearnflow gradient file (format {meta.get('format')!r})")
-    return tensors, meta
+    return load_tensors(path, FORMAT, what="an unlearnflow gradient")
 
 
 def compute_set_gradients(

@@ -125,6 +125,37 @@ def require_columns(path: os.PathLike | str, df, columns: list[str]) -> None:
         )
 
 
+def save_tensors(dest: os.PathLike | str, tensors: dict, metadata: dict) -> None:
+    """Tensors as safetensors, atomically; metadata values become strings."""
+    from safetensors.torch import save_file
+
+    meta = {k: str(v) for k, v in metadata.items()}
+    with atomic_path(dest, suffix=".safetensors") as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+
+
+def load_tensors(path: os.PathLike | str, fmt: str | None = None, what: str = "an unlearnflow") -> tuple[dict, dict]:
+    """Every tensor and the metadata of a safetensors file (never pickle).
+
+    ``fmt``: the ``format`` the metadata must declare, so that e.g. a mask
+    file given where a gradient file belongs is an error naming the file.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(path, "file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types
+        raise InputFileError(path, f"not a readable safetensors file ({exc})") from exc
+    if fmt is not None and meta.get("format") != fmt:
+        raise InputFileError(path, f"not {what} file (format {meta.get('format')!r}, expected {fmt!r})")
+    return tensors, meta
+
+
 def sha256_file(path: os.PathLike | str, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

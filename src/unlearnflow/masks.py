@@ -33,13 +33,12 @@ gradient file (excluded ones included, all False) and metadata
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
-from .io import InputFileError, UnlearnflowError, atomic_path
+from .io import InputFileError, UnlearnflowError, load_tensors, save_tensors
 
 FORMAT = "unlearnflow.mask/1"
 DEFAULT_EXCLUDE = ("logit_scale",)
@@ -210,35 +209,18 @@ def mask_metadata(info: dict, source, exclude: Iterable[str] = DEFAULT_EXCLUDE, 
 
 def save_mask(path, masks: dict[str, torch.Tensor], metadata: dict) -> None:
     """Write bool masks and string metadata atomically (format is set here)."""
-    from safetensors.torch import save_file
-
     for n, m in masks.items():
         if m.dtype != torch.bool:
             raise UnlearnflowError(f"mask of {n!r} has dtype {m.dtype}, not bool")
-    meta = {k: str(v) for k, v in metadata.items()}
-    meta["format"] = FORMAT
-    with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file({k: v.contiguous() for k, v in masks.items()}, str(tmp), metadata=meta)
+    save_tensors(path, masks, {**metadata, "format": FORMAT})
 
 
 def load_mask(path) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a mask file; any problem is an InputFileError naming the file."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.exists():
-        raise InputFileError(path, "file not found")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            masks = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors raises its own error types
-        raise InputFileError(path, f"not a readable safetensors file ({exc})") from exc
-    if meta.get("format") != FORMAT:
-        raise InputFileError(path, f"not an unlearnflow mask file (format {meta.get('format')!r})")
+    masks, meta = load_tensors(path, FORMAT, what="a SalUn mask")
     bad = [k for k, v in masks.items() if v.dtype != torch.bool]
     if bad:
-        raise InputFileError(path, f"non-bool mask tensors {bad[:5]}")
+        raise InputFileError(path, f"mask tensors {bad[:5]} are not torch.bool")
     if "kept" in meta:
         kept = sum(int(v.sum()) for v in masks.values())
         if str(kept) != meta["kept"]:

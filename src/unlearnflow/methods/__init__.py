@@ -96,12 +96,9 @@ def unlearn_stage(inp: dict, out: dict, params: dict) -> None:
 
 def save_delta(path, tensors: dict, *, method: str, base: str) -> None:
     """Only the changed tensors, as full replacement values (bit-exact reload)."""
-    from safetensors.torch import save_file
-
-    from ..io import atomic_path
+    from ..io import save_tensors
 
     if not tensors:
         raise UnlearnflowError(f"{method}: the method changed no tensor")
     meta = {"format": "unlearnflow.delta/1", "method": method, "base_fingerprint": base, "kind": "replace"}
-    with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    save_tensors(path, tensors, meta)

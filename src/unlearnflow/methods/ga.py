@@ -18,23 +18,13 @@ DEFAULTS are scaled for the tiny default CLIP (3.5 M parameters).
 
 from __future__ import annotations
 
-from .finetune import run_finetune
+from .finetune import FINETUNE_DEFAULTS, PAPER, run_finetune  # noqa: F401  (PAPER: documented values)
 
-PAPER = {"optimizer": "adamw", "lr": 1e-7, "batch_size": 32, "weight_decay": 0.1, "epochs": 10, "schedule": "cosine"}
 
 DEFAULTS = {
-    "epochs": 5,
-    "max_steps": None,
-    "lr": 5e-5,
-    "weight_decay": 0.1,
-    "batch_size": 32,
-    "optimizer": "adamw",
-    "schedule": "cosine",
-    "warmup_steps": 0,
+    **FINETUNE_DEFAULTS,
     "forget_weight": 1.0,
     "retain_weight": 0.0,
-    "forget_loss": "cosine",
-    "retain_loss": "contrastive",
 }
 
 

@@ -33,35 +33,16 @@ from pathlib import Path
 import torch
 
 from ..io import InputFileError, UnlearnflowError
-from .finetune import FROZEN, run_finetune
+from .finetune import FINETUNE_DEFAULTS, FROZEN, PAPER, run_finetune  # noqa: F401  (PAPER: documented values)
 
 log = logging.getLogger(__name__)
 
-MASK_FORMAT = "unlearnflow.mask/1"
 
-PAPER = {
-    "optimizer": "adamw",
-    "lr": 1e-7,
-    "batch_size": 32,
-    "weight_decay": 0.1,
-    "epochs": 10,
-    "schedule": "cosine",
-    "mask_fraction": 0.5,
-}
 
 DEFAULTS = {
-    "epochs": 5,
-    "max_steps": None,
-    "lr": 5e-5,
-    "weight_decay": 0.1,
-    "batch_size": 32,
-    "optimizer": "adamw",
-    "schedule": "cosine",
-    "warmup_steps": 0,
+    **FINETUNE_DEFAULTS,
     "forget_weight": 1.0,
     "retain_weight": 1.0,
-    "forget_loss": "cosine",
-    "retain_loss": "contrastive",
     # which mask file the workflow feeds in (results/masks/.../salun_{f}.safetensors);
     # recorded and checked against the file's metadata, not used in training
     "mask_fraction": 0.5,
@@ -74,20 +55,10 @@ def load_mask(path, model) -> tuple[dict[str, torch.Tensor], dict, dict]:
     Errors name the file: not found, unreadable, wrong format, a tensor that
     is not bool, a name the model lacks, a shape that differs.
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from ..masks import load_mask as read_mask
 
     path = Path(path)
-    if not path.exists():
-        raise InputFileError(path, "SalUn mask file not found")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-        mask = load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types
-        raise InputFileError(path, f"not a readable safetensors file ({exc})") from exc
-    if meta.get("format") != MASK_FORMAT:
-        raise InputFileError(path, f"not a SalUn mask file (format {meta.get('format')!r}, expected {MASK_FORMAT!r})")
+    mask, meta = read_mask(path)  # format, bool dtype and kept count checked there
     params = dict(model.named_parameters())
     unknown = sorted(set(mask) - set(params))
     if unknown:
