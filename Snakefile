@@ -33,6 +33,7 @@ localrules:
     clip_tradeoff,
     slug_search_plot,
     costs_table,
+    table_html,
 
 
 rule all:
@@ -41,3 +42,4 @@ rule all:
         rules.data.input,
         clip_outputs(),
         costs_outputs(),
+        table_views(),

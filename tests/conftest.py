@@ -99,7 +99,12 @@ class Workflow:
             "--cores", "2",
             *args,
         ]  # fmt: skip
-        env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}", NO_ALBUMENTATIONS_UPDATE="1")
+        env = dict(
+            os.environ,
+            PATH=f"{BIN}:{os.environ.get('PATH', '')}",
+            NO_ALBUMENTATIONS_UPDATE="1",
+            OMP_WAIT_POLICY="PASSIVE",
+        )
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         out = proc.stdout + proc.stderr
         if check and proc.returncode != 0:

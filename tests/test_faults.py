@@ -52,8 +52,9 @@ def _group_alive(pgid: int) -> list[int]:
     return alive
 
 
+@pytest.mark.slow
 def test_a_job_killed_mid_run_leaves_nothing_trusted_and_the_rerun_completes(workflow):
-    epochs = 6
+    epochs = 3
     cfg = small_config(clip={"train": {"epochs": epochs, "batch_size": 64}})
     workflow.run("results/data/laion/00000.tar", "results/data/laion/00001.tar", cfg=cfg)
     model = workflow.workdir / "results/models/tiny_clip"
@@ -88,24 +89,32 @@ def test_a_job_killed_mid_run_leaves_nothing_trusted_and_the_rerun_completes(wor
 
     # no output a rerun could trust: none was written (only hidden temp files may be left)
     assert not any(p.exists() for p in outputs.values())
-    assert all(p.name.startswith(".") for p in model.iterdir()) if model.exists() else True
+    if model.exists():
+        assert all(p.name.startswith(".") for p in model.iterdir())
     # Snakemake recorded the job as started and never finished
     assert {str(p.relative_to(workflow.workdir)) for p in outputs.values()} <= _incomplete_markers(workflow.workdir)
-    _, out = workflow.run("-n", target)
-    assert "pretrain_clip" in out and "Missing output files" in out
+    # A kill between two of the job's writes (save_clip writes the config,
+    # then the weights, then model.json) would leave a complete-looking config
+    # file behind: put one there, as such a kill would have.
+    outputs["config"].parent.mkdir(parents=True, exist_ok=True)
+    outputs["config"].write_text("{}")
+    # Snakemake does not trust it: without the profile's --rerun-incomplete
+    # it refuses to go on and names the file
+    code, out = workflow.run("-n", "--workflow-profile", "none", target, check=False)
+    assert code != 0 and "seem to be incomplete" in out
+    assert "results/models/tiny_clip/open_clip_config.json" in out.split("Incomplete files:", 1)[1]
 
     # the killed run's lock stays behind: the rerun says how to clear it ...
     code, out = workflow.run(target, check=False)
     assert code != 0 and "--unlock" in out
     workflow.run("--unlock")
-    # ... and once unlocked, the rerun (--rerun-incomplete in the profile) completes
+    # ... and once unlocked, the rerun (the default profile has
+    # --rerun-incomplete) redoes the job and completes
     workflow.run(target)
     bundle = load_clip(model)
     assert bundle.info["train"]["epochs"] == epochs
     assert not _incomplete_markers(workflow.workdir)
     assert sorted(p.name for p in model.iterdir()) == sorted(p.name for p in outputs.values())
-    _, out = workflow.run("-n", target)
-    assert "Nothing to be done" in out
 
 
 # ------------------------------------------------------ (b) corrupt files
@@ -177,12 +186,6 @@ def test_corrupt_delta_is_an_error_naming_it(good_files, tmp_path, damage):
         load_clip(good_files / "model", delta=bad)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Exception,
-    reason="models/clip.py load_clip lets safetensors' SafetensorError through without the file name "
-    "(it catches ValueError, RuntimeError, OSError only)",
-)
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_corrupt_model_weights_are_an_error_naming_the_file(good_files, tmp_path, damage):
     import shutil
@@ -249,14 +252,9 @@ def test_schema_errors_in_method_settings_name_the_key_and_allowed_values(workfl
 # ----------------------------------------------- (d) unknown names in the DAG
 def test_unknown_target_in_a_method_path_names_the_known_ones(workflow):
     code, out = workflow.run("-n", "results/unlearn/tiny_clip/nobody/slug/search.png", cfg=small_config(), check=False)
-    assert code != 0 and "unknown target 'nobody'" in out and "'mira_castell', 'kite'" in out
+    assert code != 0 and "unknown target 'nobody'" in out and "known targets: ['kite', 'mira_castell']" in out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="unlearn_clip/evaluate_clip constrain {method} to run_methods, so Snakemake answers "
-    "'No rule to produce ...' and method_inputs' message naming the known methods is never reached",
-)
 def test_unknown_method_in_a_path_names_the_known_ones(workflow):
     code, out = workflow.run("-n", "results/unlearn/tiny_clip/mira_castell/sulg/delta.safetensors", cfg=small_config(), check=False)
     assert code != 0 and "sulg" in out and "known methods" in out and "slug" in out
@@ -299,7 +297,7 @@ def test_a_checkpoint_with_a_code_payload_is_refused(tmp_path, where):
         state["visual.payload"] = _Payload(marker)
         torch.save(state, ckpt)
     else:
-        ckpt.write_bytes(pickle.dumps(_Payload(marker)))
+        ckpt.write_bytes(pickle.dumps(_Payload(marker), protocol=2))
     out = tmp_path / "model"
     with pytest.raises((pickle.UnpicklingError, UnlearnflowError)):
         export_open_clip(arch, str(ckpt), out)

@@ -17,6 +17,8 @@ TARGET = "mira_castell"
 EXPECTED = {
     "clip_unlearning.csv": ("1. Tables", "CLIP unlearning table", ["run_methods (slug, ga)", "mia_seeds = 2 seeds"]),
     "costs.csv": ("1. Tables", "Costs per job", ["run_methods (slug, ga)", "clip.source = train"]),
+    "clip_unlearning.html": ("1. Tables", "CLIP unlearning table, as a page", ["results/tables/clip_unlearning.csv"]),
+    "costs.html": ("1. Tables", "Costs per job, as a page", ["results/tables/costs.csv"]),
     f"{TARGET}.png": ("2. Layer selection (SLUG)", "Pareto front of layers", [f"for target {TARGET}", "use_abs_alignment = False"]),
     "search.png": ("3. Step-size search (SLUG)", "SLUG step-size search", ["max_layers_per_tower = 1", "max_probes = 3"]),
     "clip_tradeoff.png": ("4. Trade-off", "Forget/keep trade-off", ["run_methods: slug, ga", f"({TARGET})"]),
@@ -40,6 +42,10 @@ def clip_run(tmp_path_factory):
     """The whole CLIP branch on a tiny config (slug and ga), run once."""
     from conftest import Workflow
 
+    # torch's OpenMP threads spin while they wait: on 2 shared cores that makes
+    # training ~10x slower, so let them sleep instead
+    mp = pytest.MonkeyPatch()
+    mp.setenv("OMP_WAIT_POLICY", "PASSIVE")
     wf = Workflow(tmp_path_factory.mktemp("report"))
     tiny_ft = {"epochs": 1, "max_steps": 3, "batch_size": 16}
     cfg = small_config(
@@ -51,10 +57,14 @@ def clip_run(tmp_path_factory):
         evaluation={"mia_seeds": 2},
     )
     cfg["data"]["heldout_shards"] = ["00005"]
-    wf.run(cfg=cfg)
-    return wf
+    try:
+        wf.run(cfg=cfg)
+        yield wf
+    finally:
+        mp.undo()
 
 
+@pytest.mark.slow
 def test_costs_table_has_a_row_per_heavy_job(clip_run):
     res = clip_run.workdir / "results"
     costs = pd.read_csv(res / "tables/costs.csv", keep_default_na=False)
@@ -71,8 +81,13 @@ def test_costs_table_has_a_row_per_heavy_job(clip_run):
     assert float(total["peak_mem_mb"]) == pytest.approx(pd.to_numeric(jobs["peak_mem_mb"]).max())
     assert (res / "tables/costs.md").read_text().count("\n") == len(costs) + 2
     assert (res / f"unlearn/tiny_clip/{TARGET}/slug/search.png").stat().st_size > 10000
+    # the HTML view of the table: every row, the total in bold
+    page = (res / "tables/costs.html").read_text()
+    assert page.count("<tr") == len(costs) + 1 and '<tr class="summary"><td>total</td>' in page
+    assert f"<td>tiny_clip/{TARGET}/slug</td>" in page
 
 
+@pytest.mark.slow
 def test_report_zip_and_html_hold_every_result_with_its_caption(clip_run):
     wf = clip_run
     zip_path, html_path = wf.workdir / "report.zip", wf.workdir / "report.html"
@@ -102,6 +117,9 @@ def test_report_zip_and_html_hold_every_result_with_its_caption(clip_run):
             assert value in caption, (name, value, caption)
     assert by_name["search.png"][1]["labels"] == {"target": TARGET, "figure": "search trace"}
     assert by_name["clip_unlearning.csv"][1]["mime_type"] == "text/csv"
+    assert by_name["costs.csv"][1]["labels"] == {"table": "costs", "format": "CSV (download)"}
+    assert by_name["costs.html"][1]["labels"] == {"table": "costs", "format": "HTML (view)"}
+    assert by_name["costs.html"][1]["mime_type"] == "text/html"
     workflow_desc = _text(_js_var(html, "workflow_desc"))
     assert "targeted machine unlearning of CLIP" in workflow_desc and TARGET in workflow_desc
 

@@ -44,6 +44,7 @@ STAGES: dict[str, str] = {
     "salun_masks": "unlearnflow.masks:masks_stage",
     "slug_search_plot": "unlearnflow.plots:search_trace_stage",
     "costs_table": "unlearnflow.tables:costs_stage",
+    "table_html": "unlearnflow.tables:html_stage",
 }
 
 

@@ -127,6 +127,7 @@ def search_trace_plot(trace_df: pd.DataFrame, info: dict, path, title: str | Non
                         textcoords="offset points", fontsize=6, color="tab:red",
                     )  # fmt: skip
             ax.set_xscale("log")
+            _log_ticks(ax, by_lam["lam"].min(), by_lam["lam"].max())
         else:
             ax.text(0.5, 0.5, status or "no probes", ha="center", va="center", transform=ax.transAxes)
         if "forget_target" in p:
@@ -165,6 +166,20 @@ def search_trace_plot(trace_df: pd.DataFrame, info: dict, path, title: str | Non
     fig.tight_layout(rect=(0, 0.09 if nrows == 1 else 0.06, 1, 0.95))
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
+
+
+def _log_ticks(ax, lo: float, hi: float) -> None:
+    """Readable ticks on a log x axis however narrow the range: 1-2-3-5-7
+    steps within a decade or so, fewer over wider ranges, as plain numbers."""
+    import math
+
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    decades = math.log10(hi / lo) if hi > lo > 0 else 0.0
+    subs = (1, 2, 3, 5, 7) if decades <= 1.5 else (1, 3) if decades <= 3 else (1,)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.4g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def search_trace_stage(inp: dict, out: dict, params: dict) -> None:

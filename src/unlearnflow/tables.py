@@ -122,3 +122,64 @@ def costs_stage(inp: dict, out: dict, params: dict) -> None:
     with atomic_path(out["md"], suffix=".md") as tmp:
         tmp.write_text(df.to_markdown(index=False, floatfmt=".2f") + "\n")
     print(df.to_markdown(index=False, floatfmt=".2f"))
+
+
+# ------------------------------------------------------------ HTML views
+_HTML_CSS = """
+body { font-family: system-ui, sans-serif; font-size: 14px; margin: 1em; color: #222; }
+h1 { font-size: 16px; }
+table { border-collapse: collapse; }
+th, td { padding: 4px 10px; border-bottom: 1px solid #ddd; }
+th { background: #f3f4f6; text-align: left; position: sticky; top: 0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.summary td { font-weight: bold; border-top: 2px solid #888; }
+tr:hover td { background: #fafafa; }
+"""
+
+
+def table_html(df: pd.DataFrame, title: str, summary_values=("mean", "total")) -> str:
+    """A standalone HTML page of a table (numbers right-aligned, 2 decimals,
+    missing values blank, rows whose first cell is ``mean``/``total`` bold),
+    for the Snakemake report, which shows HTML inline but offers CSV files
+    only as downloads."""
+    import html
+    import numbers
+
+    def cell(v):
+        if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+            return f'<td class="num">{v}</td>'
+        if isinstance(v, numbers.Real):
+            return '<td class="num">' + ("" if pd.isna(v) else f"{v:.2f}") + "</td>"
+        return f"<td>{html.escape('' if v is None or v is pd.NA else str(v))}</td>"
+
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    rows = []
+    for vals in df.itertuples(index=False):
+        cls = ' class="summary"' if vals and str(vals[0]) in summary_values else ""
+        rows.append(f"<tr{cls}>" + "".join(cell(v) for v in vals) + "</tr>")
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_HTML_CSS}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><table><thead><tr>{head}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table></body></html>\n"
+    )
+
+
+def read_table(path) -> pd.DataFrame:
+    """A CSV table written by this module; a missing or unreadable file is
+    an error naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(path, "table not found")
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InputFileError(path, f"not a readable CSV table ({exc})") from exc
+
+
+def html_stage(inp: dict, out: dict, params: dict) -> None:
+    """Rule ``table_html``: a CSV table as an HTML page for the report."""
+    df = read_table(inp["csv"])
+    with atomic_path(out["html"], suffix=".html") as tmp:
+        tmp.write_text(table_html(df, params.get("title", Path(inp["csv"]).stem)))
+    print(f"wrote {out['html']}: {len(df)} rows")

@@ -247,3 +247,14 @@ def heavy_benchmarks(model=MODEL):
 
 def costs_outputs():
     return expand("results/tables/costs.{ext}", ext=["csv", "md"])
+
+
+# the tables shown in the report as HTML pages, and their titles
+REPORT_TABLES = {
+    "clip_unlearning": "Unlearning in CLIP (test split, %)",
+    "costs": "Costs per job (wall seconds, peak memory)",
+}
+
+
+def table_views():
+    return expand("results/tables/{table}.html", table=REPORT_TABLES)

@@ -23,7 +23,7 @@ rule evaluate_clip:
     benchmark:
         "results/benchmarks/evaluate_clip/{model}/{target}/{method}.tsv"
     wildcard_constraints:
-        method=one_of(["base"] + METHODS),
+        method=r"[a-z0-9_]+",
     conda:
         "../../envs/torch.yaml"
     threads: workflow.cores

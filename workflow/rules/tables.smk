@@ -17,7 +17,7 @@ rule clip_table:
             "results/tables/clip_unlearning.csv",
             caption="../report/clip_table.rst",
             category="1. Tables",
-            labels={"table": "CLIP unlearning"},
+            labels={"table": "clip_unlearning", "format": "CSV (download)"},
         ),
         md="results/tables/clip_unlearning.md",
         tex="results/tables/clip_unlearning.tex",
@@ -63,13 +63,37 @@ rule costs_table:
             "results/tables/costs.csv",
             caption="../report/costs.rst",
             category="1. Tables",
-            labels={"table": "costs per job"},
+            labels={"table": "costs", "format": "CSV (download)"},
         ),
         md="results/tables/costs.md",
     log:
         "logs/costs_table/costs_table.log",
     conda:
         "../../envs/torch.yaml"
+    script:
+        "../scripts/stage.py"
+
+
+# The report offers a CSV only as a download: each table also as an HTML page
+# that the report shows inline.
+rule table_html:
+    input:
+        csv="results/tables/{table}.csv",
+    output:
+        html=report(
+            "results/tables/{table}.html",
+            caption="../report/table_html.rst",
+            category="1. Tables",
+            labels={"table": "{table}", "format": "HTML (view)"},
+        ),
+    log:
+        "logs/table_html/{table}.log",
+    wildcard_constraints:
+        table=one_of(REPORT_TABLES),
+    conda:
+        "../../envs/data.yaml"
+    params:
+        title=lambda wc: REPORT_TABLES[wc.table],
     script:
         "../scripts/stage.py"
 

@@ -17,7 +17,7 @@ rule unlearn_clip:
     benchmark:
         "results/benchmarks/unlearn_clip/{model}/{target}/{method}.tsv"
     wildcard_constraints:
-        method=one_of(METHODS),
+        method=r"[a-z0-9_]+",
     conda:
         "../../envs/torch.yaml"
     threads: workflow.cores

@@ -1,7 +1,12 @@
 """Run the unlearnflow stage named like the calling rule (see unlearnflow.cli.STAGES)."""
 
+import os
 import sys
 from pathlib import Path
+
+# torch's OpenMP threads busy-wait by default: beside another job on the same
+# cores that made a training step 13x slower. Set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # The library beside this workflow, so a checkout runs its own code.
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821

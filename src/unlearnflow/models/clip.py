@@ -96,6 +96,9 @@ def load_clip(model_dir, device: str | torch.device = "cpu", delta=None) -> Clip
     for key in ("config", "weights"):
         if not files[key].exists():
             raise InputFileError(files[key], f"missing: {Path(model_dir)} is not a model folder")
+    from ..io import load_tensors
+
+    load_tensors(files["weights"], what="a model weights")  # names the file if it is damaged
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             f"local-dir:{Path(model_dir)}", device=torch.device("cpu")
@@ -169,8 +172,8 @@ def export_open_clip(arch: str, pretrained: str | None, out_dir, cache_dir=None,
         model, _, preprocess = open_clip.create_model_and_transforms(
             arch, pretrained=pretrained, cache_dir=cache_dir, precision=precision
         )
-    except RuntimeError as exc:
-        raise UnlearnflowError(f"open_clip could not create {arch!r} / {pretrained!r}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001  (torch's weights_only refusal is an UnpicklingError)
+        raise UnlearnflowError(f"open_clip could not create {arch!r} from {pretrained!r}: {exc}") from exc
     model_cfg = open_clip.get_model_config(arch)
     if model_cfg is None:
         raise UnlearnflowError(f"open_clip has no config for {arch!r}; known: {open_clip.list_models()[:20]}...")
