@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .io import UnlearnflowError, load_tensors, save_tensors
-from .models.clip import ClipBundle, load_clip, normalise, resolve_device
+from .models.clip import ClipBundle, iter_pairs, load_clip, normalise, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -51,36 +51,13 @@ def set_loss(kind: str, image_features, text_features, logit_scale) -> torch.Ten
 
 def iter_batches(tar, bundle: ClipBundle, batch_size: int):
     """(images, tokens) batches streamed from a webdataset tar."""
-    import numpy as np
-    from PIL import Image
-
-    from .data.shards import iter_samples
-
-    size = _image_size(bundle)
-    imgs, caps = [], []
-    for s in iter_samples(tar):
-        img = s.image()
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.BICUBIC)
-        imgs.append(np.asarray(img, dtype=np.uint8))
-        caps.append(s.caption)
-        if len(imgs) == batch_size:
-            yield _to_batch(imgs, caps, bundle)
-            imgs, caps = [], []
-    if imgs:
-        yield _to_batch(imgs, caps, bundle)
+    for images, captions in iter_pairs(tar, _image_size(bundle), batch_size):
+        yield images, bundle.tokenizer(captions)
 
 
 def _image_size(bundle: ClipBundle) -> int:
     size = bundle.model.visual.image_size
     return size[0] if isinstance(size, (tuple, list)) else int(size)
-
-
-def _to_batch(imgs, caps, bundle):
-    import numpy as np
-
-    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
-    return x, bundle.tokenizer(caps)
 
 
 def accumulate_gradients(

@@ -196,23 +196,38 @@ def tiny_config(overrides: dict | None = None) -> dict:
     return cfg
 
 
-def load_pairs(tars, image_size: int) -> tuple[torch.Tensor, list[str]]:
-    """All (image, caption) pairs of some tars as a normalised uint8 tensor."""
+def iter_pairs(tars, image_size: int, batch_size: int | None = None):
+    """(uint8 images (B, 3, S, S), captions) batches of the pairs in some tars,
+    resized to the model's image size; one batch of everything without a size."""
     from PIL import Image
 
     from ..data.shards import iter_samples
 
     images, captions = [], []
-    for tar in tars:
+    for tar in [tars] if isinstance(tars, (str, Path)) else tars:
         for s in iter_samples(tar):
             img = s.image()
             if img.size != (image_size, image_size):
                 img = img.resize((image_size, image_size), Image.BICUBIC)
             images.append(np.asarray(img, dtype=np.uint8))
             captions.append(s.caption)
-    if not images:
+            if batch_size and len(images) == batch_size:
+                yield _stack(images), captions
+                images, captions = [], []
+    if images:
+        yield _stack(images), captions
+
+
+def _stack(images: list) -> torch.Tensor:
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def load_pairs(tars, image_size: int) -> tuple[torch.Tensor, list[str]]:
+    """All (image, caption) pairs of some tars as one uint8 tensor and a list."""
+    batches = list(iter_pairs(tars, image_size))
+    if not batches:
         raise UnlearnflowError(f"no image-text pairs in {list(map(str, tars))}")
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), captions
+    return batches[0]
 
 
 def normalise(images_u8: torch.Tensor) -> torch.Tensor:
