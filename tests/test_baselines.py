@@ -12,14 +12,15 @@ from safetensors.torch import save_file
 
 from unlearnflow.data.select import select_sets
 from unlearnflow.data.shards import count_samples
-from unlearnflow.data.synthetic import SyntheticSpec, write_eval_set
+
 from unlearnflow.gradients import accumulate_gradients, iter_batches, set_loss
 from unlearnflow.io import InputFileError, UnlearnflowError
 from unlearnflow.methods import MethodContext, ft, ga, ga_ft, salun, ssd
 from unlearnflow.methods.finetune import changed_tensors, decays, finetune, lr_at, snapshot
 from unlearnflow.models.clip import load_clip, normalise, save_clip, tiny_config
 
-from conftest import small_synthetic
+from conftest import write_small_eval_sets
+from unlearnflow.metrics.clip_eval import eval_sets_from
 
 TINY = tiny_config(
     {
@@ -51,14 +52,8 @@ def sets(tmp_path_factory, small_shards):
 
 @pytest.fixture(scope="module")
 def val_sets(tmp_path_factory):
-    d = tmp_path_factory.mktemp("eval")
-    spec = SyntheticSpec.from_params(small_synthetic())
-    sets = {}
-    for s in ("identities", "objects"):
-        out = {"val": d / f"{s}_val.tar", "test": d / f"{s}_test.tar", "classes": d / f"{s}.json"}
-        write_eval_set(spec, s, {"val": 2, "test": 1}, out)
-        sets[s] = {"tar": out["val"], "classes": out["classes"]}
-    return sets
+    files = write_small_eval_sets(tmp_path_factory.mktemp("eval"), val=2, test=1)
+    return eval_sets_from(files, "val")
 
 
 def context(model_dir, sets, **kw):
@@ -344,8 +339,7 @@ def test_the_unlearn_stage_writes_delta_trace_and_info(
         "forget": sets["forget"],
         "retain": sets["retain"],
         "mask": mask if method == "salun" else None,
-        **{f"{s}_val": v["tar"] for s, v in val_sets.items()},
-        **{f"{s}_classes": v["classes"] for s, v in val_sets.items()},
+        **{f"{s}_{kind}": v[key] for s, v in val_sets.items() for kind, key in (("val", "tar"), ("classes", "classes"))},
     }
     out = {
         k: tmp_path / method / n

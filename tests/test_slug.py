@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from unlearnflow.data.synthetic import SyntheticSpec, write_eval_set
+
 from unlearnflow.gradients import (
     accumulate_gradients,
     check_nonzero,
@@ -33,7 +33,7 @@ from unlearnflow.methods.slug import (
 from unlearnflow.metrics.clip_eval import EvalSuite, eval_sets_from
 from unlearnflow.models.clip import export_open_clip, load_clip, save_clip, tiny_config
 
-from conftest import small_synthetic
+from conftest import write_small_eval_sets
 
 SMALL = tiny_config(
     {
@@ -54,14 +54,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def eval_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("eval")
-    spec = SyntheticSpec.from_params(small_synthetic())
-    files = {}
-    for s in ("identities", "objects"):
-        out = {"val": d / f"{s}_val.tar", "test": d / f"{s}_test.tar", "classes": d / f"{s}.json"}
-        write_eval_set(spec, s, {"val": 3, "test": 3}, out)
-        files |= {f"{s}_val": out["val"], f"{s}_test": out["test"], f"{s}_classes": out["classes"]}
-    return files
+    return write_small_eval_sets(tmp_path_factory.mktemp("eval"), val=3, test=3)
 
 
 TARGET = {"name": "Mira Castell", "kind": "identity"}

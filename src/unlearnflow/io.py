@@ -117,13 +117,6 @@ def read_parquet(path: os.PathLike | str, columns: list[str] | None = None):
     return table.to_pandas()
 
 
-def require_columns(path: os.PathLike | str, df, columns: list[str]) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise InputFileError(
-            path, f"missing columns {missing}; has {list(df.columns)}"
-        )
-
 
 def save_tensors(dest: os.PathLike | str, tensors: dict, metadata: dict) -> None:
     """Tensors as safetensors, atomically; metadata values become strings."""

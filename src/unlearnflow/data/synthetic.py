@@ -413,15 +413,6 @@ def eval_stage(inp: dict, out: dict, params: dict) -> None:
     print(f"{params['evalset']}: {info['counts']} images of {len(info['classes'])} classes")
 
 
-def preview(spec: SyntheticSpec, shard: str, n: int = 8) -> list[tuple[str, dict]]:
-    """Captions and labels of the first n rows (for docs and debugging)."""
-    out = []
-    for i, _img, caption, labels, _ in iter_shard(spec, shard):
-        if i >= n:
-            break
-        out.append((caption, labels))
-    return out
-
 
 __all__ = [
     "SyntheticSpec",

@@ -16,7 +16,6 @@ record, so callers decide which of the two to recompute.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 
@@ -108,15 +107,9 @@ def eval_sets_from(inp: dict, split: str) -> dict:
     }
 
 
-def utility_drop(base: dict, probe: dict, keys=("identity_acc1", "test_acc1")) -> dict:
-    return {k: base[k] - probe[k] for k in keys}
 
 
-def finite(x) -> bool:
-    return x is not None and not (isinstance(x, float) and math.isnan(x))
-
-
-__all__ = ["EvalSuite", "METRICS", "eval_sets_from", "utility_drop"]
+__all__ = ["EvalSuite", "METRICS", "eval_sets_from"]
 
 
 def evaluate_stage(inp: dict, out: dict, params: dict) -> None:
