@@ -332,6 +332,22 @@ def analyse(
             raise InputFileError(paths[0], "no tensors")
         _check_same(paths[0], shapes[0], paths[1], shapes[1])
         _check_same(paths[0], shapes[0], paths[2], shapes[2], allow_extra=True)
+        for path, f in zip(paths[:2], (ff, fr)):
+            if (f.metadata() or {}).get("keep", "all") != "all":
+                # gradients kept for candidates only: by the same filter as this analysis
+                want = [
+                    n
+                    for n, shape in shapes[2].items()
+                    if n not in shapes[0]
+                    and is_candidate(n, exclude, include_layernorm, ndim=len(shape), matrices_only=matrices_only)
+                ]
+                if want:
+                    raise InputFileError(
+                        path,
+                        f"holds candidate layers only (gradients.keep: candidates) but lacks {_list(want)}, "
+                        "candidates under this analysis's filter: compute the gradients with the same "
+                        "layers config (or gradients.keep: all)",
+                    )
         if len(shapes[2]) > len(shapes[0]):
             log.info("%d tensors of %s have no gradient and are not analysed", len(shapes[2]) - len(shapes[0]), paths[2])
         # visual, then text, then shared; natural order inside (resblocks.10 after .9)

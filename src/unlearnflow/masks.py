@@ -243,6 +243,12 @@ def masks_stage(inp: dict, out: dict, params: dict) -> None:
             f"extra {sorted(set(out) - expected)})"
         )
     grads, gmeta = load_gradients(src)
+    if gmeta.get("keep", "all") != "all":
+        raise InputFileError(
+            src,
+            f"holds the gradients of SLUG's candidate layers only (gradients.keep: {gmeta['keep']}); "
+            "SalUn's global mask ranks every weight of the model: set gradients.keep: all",
+        )
     if gmeta.get("set") != "forget":
         raise InputFileError(src, f"gradient set is {gmeta.get('set')!r}; SalUn masks need the forget gradient")
     extra = {k: gmeta[k] for k in ("loss", "model_fingerprint", "samples") if k in gmeta}

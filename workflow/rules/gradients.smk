@@ -1,5 +1,20 @@
 # Per-parameter forget and retain gradients, then the layer analysis.
 
+# gradients.keep: candidates stores only the layers the layer analysis could
+# choose, by the same filter; the params name it only then, so that with
+# keep: all a change of the layers config never reruns the gradient passes.
+KEEP_PARAMS = (
+    {
+        "keep": config["gradients"]["keep"],
+        "candidates": {
+            k: config["layers"][k]
+            for k in ("exclude", "include_layernorm", "matrices_only")
+        },
+    }
+    if config["gradients"]["keep"] != "all"
+    else {}
+)
+
 
 rule clip_gradients:
     input:
@@ -21,6 +36,7 @@ rule clip_gradients:
         runtime=60,
         gpu=1 if config["clip"]["device"].startswith("cuda") else 0,
     params:
+        **KEEP_PARAMS,
         set=lambda wc: wc.set,
         loss=lambda wc: config["gradients"][f"{wc.set}_loss"],
         batch_size=config["gradients"]["batch_size"],

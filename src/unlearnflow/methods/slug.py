@@ -116,24 +116,30 @@ class CachedVisionEncoder:
 
 
 class ProbeEvaluator:
-    """Evaluates edits of one parameter on the validation suite, cheaply."""
+    """Evaluates edits of one parameter on the validation suite, cheaply.
 
-    def __init__(self, bundle, suite: EvalSuite, param_name: str):
+    ``fixed``: the base model's ``{"feats": suite.image_features(...),
+    "classifiers": suite.classifiers(...)}`` when the caller already has them
+    (the search computes them once for the base record and every layer).
+    """
+
+    def __init__(self, bundle, suite: EvalSuite, param_name: str, fixed: dict | None = None):
         self.bundle = bundle
         self.suite = suite
         self.name = param_name
         self.param = dict(bundle.model.named_parameters())[param_name]
         self.theta0 = self.param.detach().clone()
         model, tok, dev = bundle.model, bundle.tokenizer, bundle.device
+        fixed = fixed or {}
         self.vision = param_name.startswith("visual.")
         if self.vision:
             self.encoders = {
                 "identities": CachedVisionEncoder(model, suite.identities.images, param_name),
                 "objects": CachedVisionEncoder(model, suite.objects.images, param_name),
             }
-            self.fixed_classifiers = suite.classifiers(model, tok, dev)
+            self.fixed_classifiers = fixed.get("classifiers") or suite.classifiers(model, tok, dev)
         else:
-            self.fixed_feats = suite.image_features(model, dev)
+            self.fixed_feats = fixed.get("feats") or suite.image_features(model, dev)
 
     def __call__(self, tensor: torch.Tensor) -> dict:
         with torch.no_grad():
@@ -267,7 +273,13 @@ def front_layers(table: pd.DataFrame, max_per_tower: int) -> list[str]:
 def run_slug(bundle, suite: EvalSuite, grads: dict, table: pd.DataFrame, params: dict) -> dict:
     """Search every chosen front layer; return the edit, the trace and the choice."""
     p = {**DEFAULTS, **{k: v for k, v in params.items() if k in DEFAULTS}}
-    base = suite.evaluate(bundle.model, bundle.tokenizer, bundle.device)
+    # the base model's image features and text classifiers: its record, and
+    # what every probe of a layer in the other tower reuses
+    fixed = {
+        "feats": suite.image_features(bundle.model, bundle.device),
+        "classifiers": suite.classifiers(bundle.model, bundle.tokenizer, bundle.device),
+    }
+    base = suite.score(fixed["feats"], fixed["classifiers"])
     if forgets(base, p):
         log.warning("the base model already meets the forget target on the validation split")
     layers = front_layers(table, p["max_layers_per_tower"])
@@ -275,7 +287,7 @@ def run_slug(bundle, suite: EvalSuite, grads: dict, table: pd.DataFrame, params:
     rows, outcomes = [], []
     t0 = time.perf_counter()
     for layer in layers:
-        evaluate = ProbeEvaluator(bundle, suite, layer)
+        evaluate = ProbeEvaluator(bundle, suite, layer, fixed)
         r, o = search_layer(evaluate, evaluate.theta0, grads[layer], base, p, layer)
         rows += r
         outcomes.append(o)

@@ -1,0 +1,96 @@
+"""The benchmark suite's own logic (benchmarks/): the table, the scale plan's
+counts, the cost model, the GPU benchmark's skip and code path. Nothing here
+is timed: the suite measures, these tests only check that it works."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import benchlib  # noqa: E402
+from benchlib import Context, Result  # noqa: E402
+
+
+def test_verdicts_and_summary_table():
+    rows = [
+        Result("a", "1 s vs 2 s", "<= 0.2", 0.5, 0.2),
+        Result("b", "x", "<= 3", 2.9, 3.0),
+        Result("c", "model", "(model)", 1.7, status="MODEL"),
+        Result("d", "no GPU", "", status="SKIP"),
+        Result("e", "context", ""),
+    ]
+    assert [r.verdict for r in rows] == ["FAIL", "PASS", "MODEL", "SKIP", "INFO"]
+    text = benchlib.table(rows)
+    lines = text.splitlines()
+    assert lines[0].startswith("| name") and len(lines) == 2 + len(rows)
+    assert "| FAIL" in lines[2] and "<= 0.2" in lines[2] and "0.5" in lines[2]
+    assert len({len(line) for line in lines}) == 1  # aligned columns
+
+
+def test_interleaved_pairs_the_calls_of_a_repeat():
+    order = []
+    t = benchlib.interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 3)
+    assert order == ["a", "b"] * 3
+    assert len(t["a"]) == len(t.cpu["b"]) == 3
+    assert t.ratio("a", "b") > 0 and t.ratio("a", "b", cpu=False) > 0
+
+
+def test_scale_plan_counts_match_a_real_model():
+    import open_clip
+
+    from unlearnflow.gradients import candidate_names
+    from unlearnflow.models.clip import tiny_config
+
+    import scale_plan
+
+    real = open_clip.CLIP(**tiny_config())
+    params = dict(real.named_parameters())
+    p1, p4 = scale_plan.plan(None, 1), scale_plan.plan(None, 4)
+    P = sum(p.numel() for p in params.values())
+    Pc = sum(params[n].numel() for n in candidate_names(real))
+    assert p4["params"] == P and p4["candidate_params"] == Pc and p4["tensors"] == len(params)
+    assert p4["files_all"] == 8 * P and p4["files_candidates"] == 8 * Pc
+    # activations grow with the batch (linearly, but for batch-size-free terms)
+    assert 3.5 * p1["activations"] < p4["activations"] <= 4 * p1["activations"] + 1
+    assert p4["device_all"] == 8 * P + p4["activations"]
+    assert "| tiny_clip (default) |" in scale_plan.markdown([p4])
+
+
+def test_cost_model():
+    import slug_cost
+
+    m = slug_cost.cost_model(100, 1000, 10, 30, 300)
+    assert m["slug"] == 100 + 1000 + 30 * 300 / 3
+    assert (m["ga"], m["ga_ft"], m["salun"], m["ft"]) == (1000, 2000, 2100, 10000)
+    assert m["k_epochs_over_both"] == 11000
+    shared = slug_cost.cost_model(100, 1000, 10, 30, 300, retain_shared_by=float("inf"))
+    assert shared["slug"] == 100 + 30 * 300 / 3
+
+
+def test_gpu_benchmark_skips_without_cuda(monkeypatch):
+    import torch
+
+    import gpu_gradients
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (r,) = gpu_gradients.run(Context(quick=True))
+    assert r.verdict == "SKIP" and r.measured == "skipped: no CUDA"
+
+
+def test_gpu_benchmark_code_path_on_the_cpu():
+    import gpu_gradients
+
+    (r,) = gpu_gradients.run(Context(quick=True, repeats=2), arch="tiny", device="cpu", batch_size=4, n_batches=2)
+    assert r.ratio > 0 and r.limit == 1.10 and "samples/s" in r.measured
+
+
+def test_run_names_the_known_benchmarks():
+    import run
+
+    with pytest.raises(SystemExit) as e:
+        run.main(["--only", "nope"])
+    assert e.value.code == 2
+    assert set(run.BENCHMARKS) >= {"gradient_overhead", "clip_search", "slug_cost", "dag_overhead", "end_to_end", "scale_plan", "gpu_gradients"}
