@@ -1,0 +1,108 @@
+"""Prompt sets and image generation for text-to-image unlearning.
+
+A prompt set is a table of (prompt, seed, labels): ``forget`` prompts name
+the target; ``retain`` prompts name other concepts of the target's domain
+(scored as IRA) and concepts of the other domain (CRA), in UnlearnCanvas's
+spirit. Style prompts take UnlearnCanvas's form "A {object} image in {style}
+style."; every style prompt carries both a style and an object label, so a
+style target's CRA is object accuracy on the retained styles' images.
+
+Images are written one PNG per (prompt, seed), plus a grid per set for the
+report; ``prompts.parquet`` beside them records prompt, seed, file and labels.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from .io import UnlearnflowError, atomic_path, write_parquet
+
+IDENTITY_FORGET = ("a photo of {n}", "Portrait of {n}", "{n} poses for a portrait", "{n} smiling on the red carpet")
+IDENTITY_RETAIN = "a photo of {n}"
+OBJECT_PROMPT = "a photo of a {o}"
+STYLE_PROMPT = "A {o} image in {s} style."
+DOMAINS = {"identity": "identities", "object": "objects", "style": "styles"}
+
+
+def prompt_sets(target: dict, concepts: dict, *, seeds: list[int], retain_per_style: int = 3) -> dict[str, pd.DataFrame]:
+    """{"forget": df, "retain": df}; df columns prompt, seed, labels (JSON
+    of domain -> class name), one row per (prompt, seed)."""
+    kind, name = target["kind"], target["name"]
+    ids, objs, styles = concepts.get("identities", []), concepts.get("objects", []), concepts.get("styles", [])
+    known = {"identity": ids, "object": objs, "style": styles}[kind] if kind in DOMAINS else None
+    if known is None or name.lower() not in {c.lower() for c in known}:
+        raise UnlearnflowError(f"target {target.get('id', name)!r}: {kind} {name!r} is not among the concepts {known}")
+    forget, retain = [], []
+    if kind == "identity":
+        forget = [(t.format(n=name), {"identity": name}) for t in IDENTITY_FORGET]
+        retain = [(IDENTITY_RETAIN.format(n=i), {"identity": i}) for i in ids if i.lower() != name.lower()]
+        retain += [(OBJECT_PROMPT.format(o=o), {"object": o}) for o in objs]
+    elif kind == "object":
+        forget = [(OBJECT_PROMPT.format(o=name), {"object": name})]
+        forget += [(STYLE_PROMPT.format(o=name, s=s), {"object": name, "style": s}) for s in styles[:3]]
+        retain = [(OBJECT_PROMPT.format(o=o), {"object": o}) for o in objs if o.lower() != name.lower()]
+        retain += [(IDENTITY_RETAIN.format(n=i), {"identity": i}) for i in ids]
+    else:  # style
+        forget = [(STYLE_PROMPT.format(o=o, s=name), {"style": name, "object": o}) for o in objs]
+        others = [s for s in styles if s.lower() != name.lower()]
+        for k, s in enumerate(others):  # a rotating subset of objects per retained style
+            for j in range(retain_per_style):
+                o = objs[(k * retain_per_style + j) % len(objs)]
+                retain.append((STYLE_PROMPT.format(o=o, s=s), {"style": s, "object": o}))
+
+    def table(rows):
+        return pd.DataFrame(
+            [{"prompt": p, "seed": int(s), "labels": json.dumps(lab, sort_keys=True)} for p, lab in rows for s in seeds]
+        )
+
+    return {"forget": table(forget), "retain": table(retain)}
+
+
+def generate_set(bundle, table: pd.DataFrame, out_dir, sampling: dict, grid_path=None) -> pd.DataFrame:
+    """Generate every row of a prompt set into ``out_dir`` (PNG per image)."""
+    from .metrics.images import image_grid, save_pngs
+    from .models.diffusion import generate
+
+    images = generate(
+        bundle,
+        list(table["prompt"]),
+        [int(s) for s in table["seed"]],
+        steps=int(sampling["steps"]),
+        guidance=float(sampling["guidance"]),
+        batch_size=int(sampling.get("batch_size", 64)),
+    )
+    names = [f"{i:04d}" for i in range(len(table))]
+    save_pngs(images, out_dir, names)
+    table = table.assign(file=[f"{n}.png" for n in names])
+    if grid_path is not None:
+        per_prompt = int(table.groupby("prompt", sort=False).size().iloc[0])
+        with atomic_path(grid_path) as tmp:
+            image_grid(images, nrow=per_prompt * max(1, 8 // per_prompt), upscale=2).save(tmp, format="PNG")
+    return table
+
+
+def generate_stage(inp: dict, out: dict, params: dict) -> None:
+    """Rule ``generate_t2i``: the prompt sets of one target, from the base
+    model or an unlearned one (base + delta)."""
+    import torch
+
+    from .models.clip import resolve_device
+    from .models.diffusion import load_t2i
+
+    if params.get("threads"):
+        torch.set_num_threads(int(params["threads"]))
+    model_dir = Path(inp["model"]).parent
+    bundle = load_t2i(model_dir, device=resolve_device(params.get("device", "auto")), delta=inp.get("delta"))
+    sets = prompt_sets(params["target"], params["concepts"], seeds=list(params["seeds"]))
+    t0 = time.time()
+    rows = []
+    for name, table in sets.items():
+        folder = Path(out[f"{name}_dir"])
+        done = generate_set(bundle, table, folder, params["sampling"], grid_path=out[f"{name}_grid"])
+        rows.append(done.assign(set=name, dir=str(folder)))
+    write_parquet(out["prompts"], pd.concat(rows, ignore_index=True))
+    print(f"generated {sum(len(r) for r in rows)} images in {time.time() - t0:.1f} s")

@@ -1,0 +1,172 @@
+"""SalUn for text-to-image diffusion (REFERENCE.md section 2).
+
+Mask (rule ``t2i_salun_masks``): the gradient over the UNet of the
+noise-prediction loss on the forget set (its images with their captions),
+each batch's gradient clipped to norm 1 before accumulating; the global top
+fraction of |g| over all UNet weights is salient.
+
+Update (method ``salun``): on forget pairs,
+``MSE(eps(x_t, c_forget), eps_frozen(x_t, c_pseudo))`` with the pseudo
+prompt the caption with the target renamed (SalUn's ``(c + 1) mod C``: the
+next concept of the same domain by default, or a fixed phrase), plus
+``alpha`` times the denoising loss on retain pairs. Gradients are masked
+after every backward pass and non-salient weights restored after every
+step, so they stay bit-identical to the base model; only UNet weights move.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..io import UnlearnflowError
+from . import MethodResult
+
+DEFAULTS = {
+    "mask_fraction": 0.5,
+    "steps": 100,
+    "batch_size": 16,
+    "lr": 1.0e-5,  # Adam, as SalUn on Stable Diffusion
+    "alpha": 1.0,
+    "pseudo": "next",
+}
+
+
+def pseudo_concept(target: dict, concepts: dict, pseudo: str) -> str:
+    """SalUn's pseudo label: the next concept of the target's domain, or a phrase."""
+    if pseudo != "next":
+        return pseudo
+    domain = {"identity": "identities", "object": "objects", "style": "styles"}[target["kind"]]
+    names = concepts[domain]
+    low = [n.lower() for n in names]
+    if target["name"].lower() not in low:
+        raise UnlearnflowError(f"target {target['name']!r} is not among the {domain} {names}")
+    return names[(low.index(target["name"].lower()) + 1) % len(names)]
+
+
+def rename(captions: list[str], name: str, new: str) -> list[str]:
+    from ..data.select import name_regex
+
+    pattern = re.compile(name_regex(name), re.IGNORECASE)
+    return [pattern.sub(new, c) for c in captions]
+
+
+def unet_forget_gradients(bundle, tar, *, batch_size: int, seed: int) -> tuple[dict, int]:
+    """Sum over batches of the per-batch UNet gradient clipped to norm 1."""
+    from ..models.clip import load_pairs
+    from ..models.diffusion import noise_loss, to_model_space
+
+    images, captions = load_pairs([tar], bundle.image_size)
+    gen = torch.Generator().manual_seed(seed)
+    params = {n: p for n, p in bundle.unet.named_parameters()}
+    for p in params.values():
+        p.requires_grad_(True)
+    total = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    batches = 0
+    bundle.unet.eval()
+    for i in range(0, len(captions), batch_size):
+        with torch.no_grad():
+            ctx = bundle.encode_prompts(captions[i : i + batch_size])
+        loss = noise_loss(bundle, to_model_space(bundle, images[i : i + batch_size]), ctx, gen)
+        grads = torch.autograd.grad(loss, list(params.values()))
+        norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads))
+        scale = min(1.0, 1.0 / float(norm)) if float(norm) > 0 else 0.0
+        for (n, _), g in zip(params.items(), grads):
+            total[n] += g.float() * scale
+        batches += 1
+    for p in params.values():
+        p.requires_grad_(False)
+    return total, batches
+
+
+def masks_stage(inp: dict, out: dict, params: dict) -> None:
+    """Rule ``t2i_salun_masks``: one UNet mask file per fraction."""
+    from pathlib import Path
+
+    from ..masks import global_topk_masks, mask_metadata, save_mask
+    from ..models.clip import resolve_device
+    from ..models.diffusion import load_t2i
+
+    if params.get("threads"):
+        torch.set_num_threads(int(params["threads"]))
+    bundle = load_t2i(Path(inp["model"]).parent, device=resolve_device(params.get("device", "auto")))
+    t0 = time.time()
+    grads, batches = unet_forget_gradients(bundle, inp["forget"], batch_size=int(params["batch_size"]), seed=int(params["seed"]))
+    if batches == 0:
+        raise UnlearnflowError(f"{inp['forget']}: the forget set is empty")
+    grads = {f"unet.{n}": g for n, g in grads.items()}
+    masks = global_topk_masks(grads, list(params["fractions"]), exclude=())
+    for fraction, (m, info) in masks.items():
+        key = f"mask_{fraction:g}"
+        save_mask(out[key], m, mask_metadata(info, inp["forget"], exclude=(), extra={
+            "model": "t2i unet", "loss": "noise prediction, per-batch gradient clipped to norm 1", "batches": batches}))
+    print(f"{len(masks)} UNet masks from {batches} batches in {time.time() - t0:.1f} s")
+
+
+def run(ctx, params: dict):
+    from ..masks import load_mask
+    from ..models.clip import load_pairs
+    from ..models.diffusion import noise_loss, to_model_space
+
+    p = {**DEFAULTS, **params}
+    b = ctx.bundle
+    mask, _ = load_mask(ctx.mask)
+    unet_params = dict(b.unet.named_parameters())
+    masks = {}
+    for name, m in mask.items():
+        comp, _, rest = name.partition(".")
+        if comp != "unet" or rest not in unet_params:
+            raise UnlearnflowError(f"{ctx.mask}: {name!r} is not a UNet parameter of {b.model_dir}")
+        masks[rest] = m.to(b.device)
+    f_img, f_cap = load_pairs([ctx.forget_tar], b.image_size)
+    r_img, r_cap = load_pairs([ctx.retain_tar], b.image_size)
+    new = pseudo_concept(ctx.target, ctx.concepts, p["pseudo"])
+    p_cap = rename(f_cap, ctx.target["name"], new)
+    with torch.no_grad():
+        f_ctx, p_ctx, r_ctx = (b.encode_prompts(c) for c in (f_cap, p_cap, r_cap))
+    frozen = copy.deepcopy(b.unet).eval()
+    theta0 = {n: t.detach().clone() for n, t in unet_params.items()}
+    trainable = [n for n in unet_params if n in masks and bool(masks[n].any())]
+    for n in trainable:
+        unet_params[n].requires_grad_(True)
+    opt = torch.optim.Adam([unet_params[n] for n in trainable], lr=float(p["lr"]))
+    gen = torch.Generator().manual_seed(ctx.seed)
+    bs, rows = int(p["batch_size"]), []
+    b.unet.train()
+    t0 = time.time()
+    for step in range(int(p["steps"])):
+        fi = torch.randint(0, len(f_cap), (bs,), generator=gen)
+        ri = torch.randint(0, len(r_cap), (bs,), generator=gen)
+        x0 = to_model_space(b, f_img[fi])
+        t = torch.randint(0, b.scheduler.config.num_train_timesteps, (bs,), generator=gen).to(b.device)
+        xt = b.scheduler.add_noise(x0, torch.randn(x0.shape, generator=gen).to(b.device), t)
+        with torch.no_grad():
+            target = frozen(xt, t, encoder_hidden_states=p_ctx[fi]).sample
+        loss_f = F.mse_loss(b.unet(xt, t, encoder_hidden_states=f_ctx[fi]).sample, target)
+        loss_r = noise_loss(b, to_model_space(b, r_img[ri]), r_ctx[ri], gen)
+        loss = loss_f + float(p["alpha"]) * loss_r
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for n in trainable:  # SalUn: only salient weights receive gradient ...
+            unet_params[n].grad.mul_(masks[n])
+        opt.step()
+        with torch.no_grad():  # ... and non-salient weights stay exactly as they were
+            for n in trainable:
+                unet_params[n].copy_(torch.where(masks[n], unet_params[n], theta0[n]))
+        rows.append({"step": step, "loss": loss.item(), "loss_forget": loss_f.item(), "loss_retain": loss_r.item()})
+    b.unet.eval()
+    for n in trainable:
+        unet_params[n].requires_grad_(False)
+    changed = {f"unet.{n}": unet_params[n].detach().cpu().clone() for n in trainable
+               if not torch.equal(unet_params[n].detach(), theta0[n])}
+    kept = sum(int(masks[n].sum()) for n in masks)
+    info = {"naming": "components", "pseudo_concept": new, "salient_weights": kept,
+            "unet_weights": sum(t.numel() for t in unet_params.values()), "train_seconds": time.time() - t0,
+            "final_loss": float(np.mean([r["loss"] for r in rows[-10:]])), "params": p}
+    return MethodResult(tensors=changed, trace=pd.DataFrame(rows), info=info)

@@ -1,0 +1,201 @@
+"""SLUG for text-to-image diffusion: one text-encoder layer, one step.
+
+The forget gradient and the layer table come from the CLIP whose text tower
+*is* the pipeline's text encoder (checked by fingerprint). Candidate layers
+are the text tower's Pareto-front layers that the pipeline's text encoder
+uses (not ``text_projection``: Stable Diffusion conditions on token states).
+The step size is searched like SLUG's (grow x2 until the target is
+forgotten, then bisect), with one of two criteria:
+
+- ``generate`` (default): generate a few images from forget and retain
+  prompts with search seeds (disjoint from the evaluation seeds) and classify
+  them with the CLIP: forgets when UA >= ``ua_target``; within budget when IRA
+  drops by at most ``ira_budget`` points and the retain CLIP score keeps
+  ``clip_score_ratio`` of the base model's;
+- ``clip``: SLUG's own search on the CLIP's validation split, restricted to
+  text layers (identity and object targets).
+
+The delta is the one edited tensor, in open_clip's name; loading maps it onto
+the text encoder (three tensors when open_clip fuses q, k, v).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..io import UnlearnflowError
+from . import MethodResult
+from .slug import SearchState, edited, front_layers
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = {
+    "criterion": "generate",
+    "max_layers": 2,
+    "max_probes": 8,
+    "init_fraction": 0.1,
+    "bracket_tol": 0.1,
+    "ua_target": 75.0,
+    "ira_budget": 15.0,
+    "clip_score_ratio": 0.9,
+    "search_seeds": [1000, 1001],
+    "max_retain_prompts": 12,
+    "search_steps": 15,
+}
+
+
+def text_front_layers(table: pd.DataFrame, num_layers: int, max_layers: int) -> list[str]:
+    from ..models.diffusion import maps_to_text_encoder
+
+    usable = table[(table["tower"] == "text") & table["name"].map(lambda n: maps_to_text_encoder(n, num_layers))]
+    if usable.empty:
+        raise UnlearnflowError("SLUG (t2i): no text-tower layer of the table maps onto the pipeline's text encoder")
+    return front_layers(usable, max_layers)
+
+
+class GeneratedProbe:
+    """Metrics of the pipeline with one text-encoder tensor replaced."""
+
+    def __init__(self, ctx, clip_bundle, net, p: dict):
+        from ..generate import prompt_sets
+        from ..io import read_json
+
+        self.ctx, self.clip, self.net, self.p = ctx, clip_bundle, net, p
+        sets = prompt_sets(ctx.target, ctx.concepts, seeds=list(p["search_seeds"]))
+        retain = sets["retain"]
+        keep = retain["prompt"].drop_duplicates().iloc[:: max(1, math.ceil(retain["prompt"].nunique() / p["max_retain_prompts"]))]
+        self.forget = sets["forget"]
+        self.retain = retain[retain["prompt"].isin(set(keep))].reset_index(drop=True)
+        self.classes = {d: read_json(ctx.val_sets[s]["classes"])["classes"] for d, s in
+                        (("identity", "identities"), ("object", "objects"), ("style", "styles")) if s in ctx.val_sets}
+        self.params = dict(ctx.bundle.text_encoder.named_parameters())
+
+    def __call__(self, name: str | None = None, tensor: torch.Tensor | None = None) -> dict:
+        from ..metrics import images as im
+        from ..metrics.t2i_eval import _pct, accuracies
+        from ..models.diffusion import generate, hf_prefix, open_clip_to_hf
+
+        b, domain = self.ctx.bundle, self.ctx.target["kind"]
+        saved = {}
+        if name is not None:
+            for hf, t in open_clip_to_hf({name: tensor}, b.text_layers, hf_prefix(b.text_encoder)).items():
+                saved[hf] = self.params[hf].detach().clone()
+                with torch.no_grad():
+                    self.params[hf].copy_(t)
+        try:
+            s = {"steps": self.p["search_steps"], "guidance": self.ctx.sampling["guidance"]}
+            f_img = generate(b, list(self.forget["prompt"]), list(self.forget["seed"]), **s)
+            r_img = generate(b, list(self.retain["prompt"]), list(self.retain["seed"]), **s)
+        finally:
+            with torch.no_grad():
+                for hf, t in saved.items():
+                    self.params[hf].copy_(t)
+        import json
+
+        f_acc = accuracies(self.clip, f_img, [json.loads(v) for v in self.forget["labels"]], self.classes)
+        r_acc = accuracies(self.clip, r_img, [json.loads(v) for v in self.retain["labels"]], self.classes)
+        return {
+            "ua": 100.0 - _pct(f_acc[domain]),
+            "ira": _pct(r_acc[domain]) if domain in r_acc else float("nan"),
+            "clip_score": im.clip_score(self.net, r_img, list(self.retain["prompt"])),
+        }
+
+
+def _ok(base: dict, m: dict, p: dict) -> bool:
+    ira_ok = not (base["ira"] == base["ira"]) or base["ira"] - m["ira"] <= p["ira_budget"]
+    return ira_ok and m["clip_score"] >= p["clip_score_ratio"] * base["clip_score"]
+
+
+def search_generated(probe: GeneratedProbe, layer: str, theta0, grad, base: dict, p: dict):
+    gnorm, tnorm = float(grad.float().norm()), float(theta0.float().norm())
+    if gnorm == 0 or not math.isfinite(gnorm):
+        return [], {"layer": layer, "status": "zero gradient"}
+    state = SearchState(lam=p["init_fraction"] * tnorm / gnorm)
+    rows = []
+    for k in range(int(p["max_probes"])):
+        t0 = time.perf_counter()
+        m = probe(layer, edited(theta0, grad, state.lam))
+        forgets, ok = m["ua"] >= p["ua_target"], _ok(base, m, p)
+        rows.append({"layer": layer, "probe": k, "lam": state.lam, "step_norm_ratio": state.lam * gnorm / tnorm,
+                     "forgets": forgets, "within_budget": ok, "seconds": time.perf_counter() - t0, **m})
+        if forgets and ok and (state.best is None or state.lam < state.best[0]):
+            state.best = (state.lam, m)
+        state.next(forgets)
+        if state.converged(p["bracket_tol"]):
+            break
+    if state.best is not None:
+        return rows, {"layer": layer, "status": "forgets within budget", "lam": state.best[0], "metrics": state.best[1]}
+    forgetting = [r for r in rows if r["forgets"]]
+    r = max(forgetting, key=lambda r: r["clip_score"]) if forgetting else max(rows, key=lambda r: r["ua"])
+    status = "forgets over budget" if forgetting else "does not forget"
+    return rows, {"layer": layer, "status": status, "lam": r["lam"],
+                  "metrics": {k: r[k] for k in ("ua", "ira", "clip_score")}}
+
+
+RANK = {"forgets within budget": 0, "forgets over budget": 1, "does not forget": 2}
+
+
+def run(ctx, params: dict):
+    from ..gradients import load_gradients
+    from ..io import read_parquet
+    from ..metrics import images as im
+    from ..models.clip import load_clip
+
+    p = {**DEFAULTS, **params}
+    if p["criterion"] not in ("generate", "clip"):
+        raise UnlearnflowError(f"methods.slug (t2i): criterion {p['criterion']!r} is not one of generate, clip")
+    grads, meta = load_gradients(ctx.grad_forget)
+    clip_bundle = load_clip(ctx.clip_dir, device=ctx.bundle.device)
+    want = ctx.bundle.info.get("text_encoder_fingerprint")
+    have = clip_bundle.info.get("fingerprint")
+    if want and have and want != have:
+        raise UnlearnflowError(
+            f"{ctx.clip_dir}: this CLIP is not the text encoder of {ctx.bundle.model_dir} (fingerprints differ)"
+        )
+    if meta.get("model_fingerprint") not in (None, "", have):
+        raise UnlearnflowError(f"{ctx.grad_forget}: computed on another CLIP (fingerprint mismatch)")
+    table = read_parquet(ctx.layers)
+    layers = text_front_layers(table, ctx.bundle.text_layers, p["max_layers"])
+    theta = dict(clip_bundle.model.named_parameters())
+    t0 = time.perf_counter()
+    if p["criterion"] == "clip":
+        from ..metrics.clip_eval import EvalSuite
+        from .slug import run_slug
+
+        text_table = table[table["name"].isin(layers)]  # the usable text front layers
+        sets = {k: v for k, v in ctx.val_sets.items() if k in ("identities", "objects")}
+        out = run_slug(clip_bundle, EvalSuite.load(sets, ctx.target, clip_bundle.preprocess), grads, text_table,
+                       {**params, "max_layers_per_tower": p["max_layers"]})
+        (layer, tensor), = out["tensors"].items()
+        info = {"criterion": "clip", "layer": layer, "lambda": out["choice"]["lam"], "status": out["choice"]["status"],
+                "why": out["choice"]["why"], "val_metrics": out["choice"]["metrics"]}
+        trace = out["trace"]
+    else:
+        net = im.clip_feature_net(clip_bundle.model, clip_bundle.tokenizer, "search", clip_bundle.device)
+        probe = GeneratedProbe(ctx, clip_bundle, net, p)
+        base = probe()
+        rows, outcomes = [], []
+        for layer in layers:
+            r, o = search_generated(probe, layer, theta[layer].detach(), grads[layer], base, p)
+            rows += r
+            outcomes.append(o)
+            log.info("layer %s: %s", layer, o["status"])
+        usable = [o for o in outcomes if "metrics" in o]
+        if not usable:
+            raise UnlearnflowError("SLUG (t2i): every candidate layer has a zero gradient")
+        best = min(usable, key=lambda o: (RANK[o["status"]], -o["metrics"]["ua"], -o["metrics"]["clip_score"]))
+        layer = best["layer"]
+        tensor = edited(theta[layer].detach(), grads[layer], best["lam"])
+        info = {"criterion": "generate", "layer": layer, "lambda": best["lam"], "status": best["status"],
+                "search_metrics": best["metrics"], "base_search_metrics": base, "outcomes": outcomes,
+                "why": f"{best['status']}; highest UA then CLIP score among {len(usable)} text front layers"}
+        trace = pd.DataFrame(rows)
+    info.update(naming="open_clip", layers_searched=layers, search_seconds=time.perf_counter() - t0,
+                params={k: v for k, v in p.items()}, probes=int(len(trace)))
+    return MethodResult(tensors={layer: tensor.detach().cpu().contiguous()}, trace=trace, info=info)

@@ -1,0 +1,320 @@
+"""Scorers for generated images, shared by the text-to-image and the
+image-to-image branches: FID and KID (clean-fid), Inception Score, CLIP score
+and paired CLIP cosine, plus PNG and grid writers.
+
+Every score goes through a :class:`FeatureNet`, which names the network it
+used (tables print that name, since an FID in a tiny CLIP's feature space is
+not comparable with an Inception FID):
+
+- ``inception``: clean-fid's Inception-v3 (TorchScript, fetched by clean-fid
+  to ``/tmp/inception-2015-12-05.pt``; tests place a stand-in file there);
+  IS uses its 1008-way softmax as in the original implementation.
+- ``clip``: the image tower of a local open_clip folder (the tiny CLIP of the
+  embedded default, or any exported model); IS uses its zero-shot softmax
+  over the class names given.
+- ``open_clip``: an open_clip architecture + pretrained tag or checkpoint.
+
+Folders are read by clean-fid's own loader (``get_folder_features``, clean
+resizing), so FID/KID numbers follow its conventions; for a CLIP network the
+images are resized to the tower's input size instead of 299.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..io import InputFileError, UnlearnflowError, atomic_path
+
+INCEPTION_FILE = "inception-2015-12-05.pt"  # clean-fid's name, in /tmp on Linux
+
+
+def inception_dir() -> Path:
+    """Where clean-fid looks for (and downloads) its Inception TorchScript."""
+    return Path(os.environ.get("UNLEARNFLOW_INCEPTION_DIR", "/tmp"))
+
+
+@dataclass
+class FeatureNet:
+    """A feature network for FID/KID, class probabilities for IS, and
+    (for CLIP networks) text embeddings for the CLIP score."""
+
+    name: str
+    embed: Callable[[torch.Tensor], torch.Tensor]  # float (B,3,S,S) in [0,255] -> (B,D)
+    input_size: int
+    classify: Callable[[torch.Tensor, Sequence[str] | None], torch.Tensor] | None = None
+    encode_text: Callable[[Sequence[str]], torch.Tensor] | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    batch_size: int = 128
+
+    # clean-fid hands the extractor float32 (B,3,S,S) in [0,255]
+    @torch.no_grad()
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.embed(batch.to(self.device, torch.float32))
+
+    def _resized(self, images_u8: torch.Tensor) -> torch.Tensor:
+        x = images_u8.float()
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bicubic", antialias=True)
+            x = x.clamp(0, 255)
+        return x
+
+    @torch.no_grad()
+    def image_features(self, images_u8: torch.Tensor) -> np.ndarray:
+        """Features (N, D) of uint8 images (N, 3, H, W)."""
+        _check_images(images_u8)
+        out = [
+            self(self._resized(images_u8[i : i + self.batch_size])).float().cpu()
+            for i in range(0, len(images_u8), self.batch_size)
+        ]
+        return torch.cat(out).numpy().astype(np.float64)
+
+    def folder_features(self, folder) -> np.ndarray:
+        """Features of every image under a folder, read by clean-fid."""
+        from cleanfid import fid as cfid
+        from cleanfid.resize import make_resizer
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise InputFileError(folder, "not a folder of images")
+        exts = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+        if not any(f.suffix.lower() in exts for f in folder.rglob("*")):
+            raise InputFileError(folder, "holds no images")
+        resize = None if self.input_size == 299 else make_resizer("PIL", False, "bicubic", (self.input_size,) * 2)
+        feats = cfid.get_folder_features(
+            str(folder),
+            model=self,
+            num_workers=0,
+            batch_size=self.batch_size,
+            device=self.device,
+            mode="clean",
+            custom_fn_resize=resize,
+            verbose=False,
+        )
+        return feats.astype(np.float64)
+
+    @torch.no_grad()
+    def probs(self, images_u8: torch.Tensor, class_names: Sequence[str] | None = None) -> np.ndarray:
+        """Softmax class probabilities (N, K) for the Inception Score."""
+        _check_images(images_u8)
+        if self.classify is None:
+            raise UnlearnflowError(f"feature network {self.name!r} has no classifier for IS")
+        out = [
+            self.classify(self._resized(images_u8[i : i + self.batch_size]).to(self.device), class_names).float().cpu()
+            for i in range(0, len(images_u8), self.batch_size)
+        ]
+        return torch.cat(out).numpy().astype(np.float64)
+
+
+def _check_images(images_u8: torch.Tensor) -> None:
+    if images_u8.ndim != 4 or images_u8.shape[1] != 3 or len(images_u8) == 0:
+        raise UnlearnflowError(f"expected a non-empty batch of images (N, 3, H, W), got shape {tuple(images_u8.shape)}")
+
+
+# ------------------------------------------------------------ the networks
+def feature_net(
+    kind: str = "clip",
+    *,
+    clip_dir=None,
+    arch: str | None = None,
+    pretrained: str | None = None,
+    device: str | torch.device = "cpu",
+) -> FeatureNet:
+    """One place that turns a feature-network name into a :class:`FeatureNet`."""
+    device = torch.device(device)
+    if kind == "inception":
+        return _inception_net(device)
+    if kind == "clip":
+        if clip_dir is None:
+            raise UnlearnflowError("feature network 'clip' needs clip_dir (a local open_clip model folder)")
+        from ..models.clip import load_clip
+
+        bundle = load_clip(clip_dir, device=device)
+        return clip_feature_net(bundle.model, bundle.tokenizer, f"{Path(clip_dir).name} image tower", device)
+    if kind == "open_clip":
+        import open_clip
+
+        if not arch:
+            raise UnlearnflowError("feature network 'open_clip' needs arch (e.g. ViT-H-14) and pretrained")
+        model, _, _ = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device)
+        model.eval()
+        return clip_feature_net(model, open_clip.get_tokenizer(arch), f"{arch} {pretrained or ''}".strip(), device)
+    raise UnlearnflowError(f"unknown feature network {kind!r}; known: clip, open_clip, inception")
+
+
+def clip_feature_net(model, tokenizer, name: str, device) -> FeatureNet:
+    """A CLIP image tower as a feature network; IS from its zero-shot softmax
+    over class names ("a photo of a {c}."), CLIP score from its text tower."""
+    from ..models.clip import OPENAI_MEAN, OPENAI_STD
+
+    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    mean = torch.tensor(cfg.get("mean", OPENAI_MEAN), device=device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.get("std", OPENAI_STD), device=device).view(1, 3, 1, 1)
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else int(size)
+    dtype = next(model.parameters()).dtype
+
+    def embed(x):  # [0,255] -> unnormalised image embedding
+        return model.encode_image(((x / 255.0 - mean) / std).to(dtype)).float()
+
+    def encode_text(texts):
+        with torch.no_grad():
+            return model.encode_text(tokenizer(list(texts)).to(device)).float()
+
+    cache: dict[tuple, torch.Tensor] = {}
+
+    def classify(x, class_names):
+        if not class_names:
+            raise UnlearnflowError(f"IS with {name!r} needs the class names to classify into")
+        key = tuple(class_names)
+        if key not in cache:
+            cache[key] = F.normalize(encode_text([f"a photo of a {c}." for c in class_names]), dim=-1)
+        logit_scale = model.logit_scale.exp().float() if hasattr(model, "logit_scale") else 100.0
+        img = F.normalize(embed(x), dim=-1)
+        return (logit_scale * img @ cache[key].T).softmax(dim=-1)
+
+    return FeatureNet(name=name, embed=embed, input_size=size, classify=classify, encode_text=encode_text, device=device)
+
+
+def _inception_net(device) -> FeatureNet:
+    from cleanfid.inception_torchscript import InceptionV3W
+
+    path = inception_dir()
+    if not (path / INCEPTION_FILE).exists() and os.environ.get("UNLEARNFLOW_OFFLINE"):
+        raise InputFileError(path / INCEPTION_FILE, "missing, and downloads are off (UNLEARNFLOW_OFFLINE)")
+    try:
+        net = InceptionV3W(str(path), download=True, resize_inside=False).to(device).eval()
+    except RuntimeError as exc:  # e.g. "PytorchStreamReader failed" on a truncated download
+        raise InputFileError(path / INCEPTION_FILE, f"cannot load clean-fid's Inception ({exc}); delete it") from exc
+
+    def classify(x, class_names=None):  # the original IS: softmax without the output bias
+        return net.base(x, no_output_bias=True).float()
+
+    return FeatureNet(name="inception_v3 (clean-fid)", embed=net, input_size=299, classify=classify, device=device)
+
+
+# ------------------------------------------------------------------ scores
+def _two_sets(a: np.ndarray, b: np.ndarray, what: str, minimum: int = 2) -> None:
+    for x in (a, b):
+        if x.ndim != 2 or len(x) < minimum:
+            raise UnlearnflowError(f"{what} needs at least {minimum} feature rows per set, got shape {x.shape}")
+    if a.shape[1] != b.shape[1]:
+        raise UnlearnflowError(f"{what}: feature sizes differ ({a.shape[1]} vs {b.shape[1]})")
+
+
+def fid(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
+    """Fréchet distance between two feature sets (clean-fid's formula)."""
+    from cleanfid.fid import fid_from_feats
+
+    _two_sets(feats_a, feats_b, "FID")
+    return float(max(fid_from_feats(np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)), 0.0))
+
+
+def kid(feats_a: np.ndarray, feats_b: np.ndarray, seed: int = 0) -> float:
+    """Kernel Inception Distance (clean-fid's unbiased MMD, cubic kernel);
+    clean-fid draws its subsets from numpy's global generator, seeded here."""
+    from cleanfid.fid import kernel_distance
+
+    _two_sets(feats_a, feats_b, "KID")
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        m = min(len(feats_a), len(feats_b), 1000)
+        return float(kernel_distance(np.asarray(feats_a), np.asarray(feats_b), num_subsets=100, max_subset_size=m))
+    finally:
+        np.random.set_state(state)
+
+
+def inception_score(probs: np.ndarray, splits: int = 10) -> tuple[float, float]:
+    """IS = exp(E_x KL(p(y|x) || p(y))), mean and std over ``splits`` parts."""
+    probs = np.asarray(probs, np.float64)
+    if probs.ndim != 2 or len(probs) == 0:
+        raise UnlearnflowError(f"inception_score: expected (N, K) probabilities, got shape {probs.shape}")
+    splits = max(1, min(splits, len(probs)))
+    scores = []
+    for part in np.array_split(probs, splits):
+        py = part.mean(axis=0, keepdims=True)
+        kl = (part * (np.log(part + 1e-12) - np.log(py + 1e-12))).sum(axis=1).mean()
+        scores.append(math.exp(kl))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def paired_cosine(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
+    """Mean cosine between row i of ``a`` and row i of ``b``."""
+    if np.shape(feats_a) != np.shape(feats_b) or len(feats_a) == 0:
+        raise UnlearnflowError(f"paired_cosine: shapes differ or are empty ({np.shape(feats_a)} vs {np.shape(feats_b)})")
+    return float((_unit(feats_a) * _unit(feats_b)).sum(axis=1).mean())
+
+
+def clip_score(net: FeatureNet, images_u8: torch.Tensor, prompts: Sequence[str]) -> float:
+    """CLIP score: mean over images of 100 x max(cos(image, its prompt), 0)."""
+    if net.encode_text is None:
+        raise UnlearnflowError(f"CLIP score needs a CLIP feature network, not {net.name!r}")
+    if len(prompts) != len(images_u8):
+        raise UnlearnflowError(f"CLIP score: {len(images_u8)} images but {len(prompts)} prompts")
+    img = _unit(net.image_features(images_u8))
+    txt = _unit(net.encode_text(list(prompts)).cpu().numpy())
+    return float(100.0 * np.maximum((img * txt).sum(axis=1), 0.0).mean())
+
+
+# ------------------------------------------------------------- image files
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] -> uint8 (rounding, clamped)."""
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+
+
+def save_pngs(images_u8: torch.Tensor, folder, names: Sequence[str]) -> list[Path]:
+    """One PNG per image, each written atomically."""
+    from PIL import Image
+
+    if len(names) != len(images_u8):
+        raise UnlearnflowError(f"save_pngs: {len(images_u8)} images but {len(names)} names")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for img, name in zip(images_u8, names):
+        path = folder / f"{name}.png"
+        with atomic_path(path) as tmp:
+            Image.fromarray(img.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+        paths.append(path)
+    return paths
+
+
+def load_pngs(folder) -> tuple[torch.Tensor, list[str]]:
+    """The PNGs of a folder (sorted by name) as uint8 (N, 3, H, W) and names."""
+    from PIL import Image
+
+    files = sorted(Path(folder).glob("*.png"))
+    if not files:
+        raise InputFileError(folder, "holds no PNG images")
+    arrays = []
+    for f in files:
+        try:
+            arrays.append(np.asarray(Image.open(f).convert("RGB")))
+        except OSError as exc:
+            raise InputFileError(f, f"not a readable image ({exc})") from exc
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), [f.stem for f in files]
+
+
+def image_grid(images_u8: torch.Tensor, nrow: int, pad: int = 2, upscale: int = 1):
+    """A PIL grid of uint8 images, ``nrow`` per row, white padding."""
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images_u8.float() / 255.0, nrow=max(1, nrow), padding=pad, pad_value=1.0)
+    img = Image.fromarray((grid * 255).round().byte().permute(1, 2, 0).numpy())
+    if upscale > 1:
+        img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
+    return img

@@ -1,0 +1,173 @@
+"""Scoring of generated images: UA / IRA / CRA by zero-shot classification,
+FID and KID against real images of the retained concepts, IS, CLIP score.
+
+- UA: 100 - accuracy of the forget prompts' images in the target's domain
+  (identity among identities, style among styles, ...).
+- IRA: accuracy of the retain prompts' images in the target's domain.
+- CRA: accuracy of the retain prompts' images in the other domains (an
+  identity target: objects; a style target: the objects of the retained
+  styles' images, as UnlearnCanvas does).
+- FID / KID: retain images against the held-out real images of the same
+  concepts (the ``test`` split of the eval sets), in the feature network
+  named in the record (``feature_net``).
+- IS over the retain images (class probabilities of the feature network);
+  CLIP score = 100 x cos(image, its prompt) for forget and retain sets.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..io import UnlearnflowError, read_json, read_parquet, write_json
+from . import images as im
+
+CLASSIFIER_TEMPLATES = {
+    "identity": ("{c}.",),
+    "object": ("a photo of a {c}.", "a photo of the small {c}.", "art of the {c}."),
+    "style": ("{c} art.", "in the style of {c}.", "a {c} style picture."),
+}
+EVAL_SET_OF = {"identity": "identities", "object": "objects", "style": "styles"}
+
+
+def zero_shot(clip_bundle, images_u8: torch.Tensor, classes: list[str], templates) -> torch.Tensor:
+    """Predicted class index per image (the tiny CLIP as classifier)."""
+    from ..models.clip import normalise
+    from .zeroshot import encode_images, text_classifier
+
+    size = clip_bundle.model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else int(size)
+    x = images_u8.float()
+    if x.shape[-1] != size:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", antialias=True).clamp(0, 255)
+    feats = encode_images(clip_bundle.model, normalise(x.round().to(torch.uint8)), device=clip_bundle.device)
+    weights = text_classifier(clip_bundle.model, clip_bundle.tokenizer, classes, templates, device=clip_bundle.device)
+    return (feats @ weights).argmax(dim=1)
+
+
+def accuracies(clip_bundle, images_u8: torch.Tensor, labels: list[dict], classes: dict[str, list[str]]) -> dict:
+    """{domain: per-image correctness (bool array or None)} for every domain
+    any label names."""
+    out = {}
+    for domain in sorted({d for lab in labels for d in lab}):
+        rows = [i for i, lab in enumerate(labels) if domain in lab]
+        names = classes[domain]
+        index = {n.lower(): k for k, n in enumerate(names)}
+        want = torch.tensor([index[labels[i][domain].lower()] for i in rows])
+        pred = zero_shot(clip_bundle, images_u8[rows], names, CLASSIFIER_TEMPLATES[domain])
+        correct = np.full(len(labels), np.nan)
+        correct[rows] = (pred == want).numpy().astype(float)
+        out[domain] = correct
+    return out
+
+
+def _pct(values: np.ndarray) -> float:
+    values = values[~np.isnan(values)]
+    return float(100.0 * values.mean()) if len(values) else float("nan")
+
+
+def load_generated(prompts: pd.DataFrame, which: str) -> tuple[torch.Tensor, pd.DataFrame]:
+    rows = prompts[prompts["set"] == which].reset_index(drop=True)
+    if rows.empty:
+        raise UnlearnflowError(f"no {which!r} rows in the prompts table")
+    folder = Path(rows["dir"].iloc[0])
+    imgs, names = im.load_pngs(folder)
+    by_name = dict(zip(names, range(len(names))))
+    missing = [f for f in rows["file"] if Path(f).stem not in by_name]
+    if missing:
+        raise UnlearnflowError(f"{folder}: {len(missing)} generated image(s) missing, e.g. {missing[0]}")
+    return imgs[[by_name[Path(f).stem] for f in rows["file"]]], rows
+
+
+def reference_images(eval_sets: dict, domain_labels: dict[str, set]) -> torch.Tensor:
+    """Held-out real images whose class is among the given labels per domain."""
+    from ..data.shards import iter_samples
+
+    out = []
+    for domain, wanted in domain_labels.items():
+        tar = eval_sets[EVAL_SET_OF[domain]]["tar"]
+        wanted = {w.lower() for w in wanted}
+        for s in iter_samples(tar):
+            if str(s.meta.get("label", "")).lower() in wanted:
+                out.append(torch.from_numpy(np.asarray(s.image().convert("RGB"))).permute(2, 0, 1))
+    if not out:
+        raise UnlearnflowError(f"no reference images for {domain_labels}")
+    return torch.stack(out)
+
+
+def evaluate_generations(prompts: pd.DataFrame, target: dict, clip_bundle, net: im.FeatureNet, eval_sets: dict) -> dict:
+    classes = {d: read_json(eval_sets[s]["classes"])["classes"] for d, s in EVAL_SET_OF.items() if s in eval_sets}
+    domain = target["kind"]
+    f_img, f_rows = load_generated(prompts, "forget")
+    r_img, r_rows = load_generated(prompts, "retain")
+    f_labels = [json.loads(v) for v in f_rows["labels"]]
+    r_labels = [json.loads(v) for v in r_rows["labels"]]
+    f_acc = accuracies(clip_bundle, f_img, f_labels, classes)
+    r_acc = accuracies(clip_bundle, r_img, r_labels, classes)
+    cross = np.concatenate([v for d, v in r_acc.items() if d != domain]) if len(r_acc) > 1 or domain not in r_acc else np.array([])
+    # the primary label of a retain prompt: the first domain it names in IRA's order
+    primary = {}
+    for lab in r_labels:
+        d = domain if domain in lab else sorted(lab)[0]
+        primary.setdefault(d, set()).add(lab[d])
+    ref = reference_images(eval_sets, primary)
+    gen_feats, ref_feats = net.image_features(r_img), net.image_features(ref)
+    all_classes = [c for d in sorted({d for lab in r_labels for d in lab}) for c in classes[d]]
+    is_mean, is_std = im.inception_score(net.probs(r_img, all_classes), splits=10)
+    record = {
+        "ua": 100.0 - _pct(f_acc[domain]),
+        "ira": _pct(r_acc[domain]) if domain in r_acc else float("nan"),
+        "cra": _pct(cross),
+        "fid": im.fid(gen_feats, ref_feats),
+        "kid": im.kid(gen_feats, ref_feats),
+        "is": is_mean,
+        "is_std": is_std,
+        "clip_score": im.clip_score(net, r_img, list(r_rows["prompt"])) if net.encode_text else float("nan"),
+        "clip_score_forget": im.clip_score(net, f_img, list(f_rows["prompt"])) if net.encode_text else float("nan"),
+        "n_forget_images": int(len(f_img)),
+        "n_retain_images": int(len(r_img)),
+        "n_reference_images": int(len(ref)),
+        "feature_net": net.name,
+        "classifier": f"zero-shot {clip_bundle.model_dir.name}",
+    }
+    return record
+
+
+def eval_sets_of(inp: dict, split: str = "test") -> dict:
+    """{identities|objects|styles: {tar, classes}} from the rule's inputs."""
+    return {
+        s: {"tar": inp[f"{s}_{split}"], "classes": inp[f"{s}_classes"]}
+        for s in EVAL_SET_OF.values()
+        if f"{s}_{split}" in inp
+    }
+
+
+def feature_net_from(params: dict, inp: dict, device) -> im.FeatureNet:
+    spec = params.get("feature_net") or {"kind": "clip"}
+    kind = spec.get("kind", "clip")
+    if kind == "clip":
+        return im.feature_net("clip", clip_dir=Path(inp["clip_config"]).parent, device=device)
+    return im.feature_net(kind, arch=spec.get("arch"), pretrained=spec.get("pretrained"), device=device)
+
+
+def evaluate_stage(inp: dict, out: dict, params: dict) -> None:
+    """Rule ``evaluate_t2i``: one flat record per (target, method)."""
+    from ..models.clip import load_clip, resolve_device
+
+    if params.get("threads"):
+        torch.set_num_threads(int(params["threads"]))
+    device = resolve_device(params.get("device", "auto"))
+    clip_bundle = load_clip(Path(inp["clip_config"]).parent, device=device)
+    net = feature_net_from(params, inp, device)
+    record = evaluate_generations(read_parquet(inp["prompts"]), params["target"], clip_bundle, net, eval_sets_of(inp))
+    record.update(target=params["target"]["id"], method=params["method"])
+    if inp.get("info"):
+        record["method_seconds"] = read_json(inp["info"]).get("seconds")
+    if inp.get("delta"):
+        record["storage_mb"] = Path(inp["delta"]).stat().st_size / 2**20
+    write_json(out["metrics"], record)
+    print(json.dumps(record))

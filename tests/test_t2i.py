@@ -1,0 +1,392 @@
+"""Text-to-image: name mapping, scorers (incl. clean-fid's Inception path with
+a stand-in file), generation determinism, SLUG's one-tensor delta, SalUn's
+untouched non-salient weights, the real from_pretrained path, the DAG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import small_config, small_synthetic
+from unlearnflow.io import InputFileError, UnlearnflowError
+from unlearnflow.metrics import images as im
+from unlearnflow.models import diffusion as D
+from unlearnflow.models.clip import save_clip, tiny_config
+
+MICRO_UNET = {
+    **D.TINY_UNET,
+    "block_out_channels": [16, 16, 16],
+    "attention_head_dim": 4,
+    "norm_num_groups": 4,
+    "sample_size": 8,
+}
+
+
+# --------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    import open_clip
+
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    model = open_clip.CLIP(**cfg).eval()
+    d = tmp_path_factory.mktemp("clip")
+    save_clip(model, cfg, d, {"source": "test"})
+    return d
+
+
+@pytest.fixture(scope="module")
+def t2i_dir(clip_dir, tmp_path_factory):
+    """A random-init tiny model in the pipeline's folder layout."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from unlearnflow.models.clip import load_clip
+
+    clip = load_clip(clip_dir)
+    te, tok = D.hf_text_encoder_from_open_clip(clip.model, clip.tokenizer)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**MICRO_UNET)
+    d = tmp_path_factory.mktemp("t2i") / "micro_t2i"
+    D.save_t2i(
+        {"unet": unet, "scheduler": DDPMScheduler(**D.TINY_SCHEDULER), "text_encoder": te, "tokenizer": tok},
+        d,
+        {"source": "test", "pixel_unshuffle": 2, "text_encoder_fingerprint": clip.info.get("fingerprint", "")},
+    )
+    return d
+
+
+# ----------------------------------------------------------- name mapping
+def test_open_clip_names_map_onto_the_hf_text_encoder():
+    assert D.open_clip_to_hf_names("transformer.resblocks.1.attn.in_proj_weight", 3) == [
+        f"encoder.layers.1.self_attn.{x}_proj.weight" for x in "qkv"
+    ]
+    assert D.open_clip_to_hf_names("transformer.resblocks.0.mlp.c_fc.bias", 3, "text_model.") == [
+        "text_model.encoder.layers.0.mlp.fc1.bias"
+    ]
+    assert D.open_clip_to_hf_names("positional_embedding", 3) == ["embeddings.position_embedding.weight"]
+    assert D.open_clip_to_hf_names("ln_final.weight", 3) == ["final_layer_norm.weight"]
+    with pytest.raises(UnlearnflowError, match="not a parameter of the pipeline's text encoder"):
+        D.open_clip_to_hf_names("text_projection", 3)
+    with pytest.raises(UnlearnflowError, match="not a parameter"):
+        D.open_clip_to_hf_names("visual.transformer.resblocks.0.attn.in_proj_weight", 3)
+    # Stable Diffusion 2.x drops the last text block: it cannot be edited there
+    with pytest.raises(UnlearnflowError, match="block 23 is not used.*23 layers"):
+        D.open_clip_to_hf_names("transformer.resblocks.23.ln_1.weight", 23)
+    fused = torch.arange(12.0).view(6, 2)
+    split = D.open_clip_to_hf({"transformer.resblocks.0.attn.in_proj_weight": fused}, 1)
+    assert torch.equal(split["encoder.layers.0.self_attn.k_proj.weight"], fused[2:4])
+
+
+def test_converted_text_encoder_equals_the_open_clip_tower(clip_dir):
+    from unlearnflow.models.clip import load_clip
+
+    clip = load_clip(clip_dir)
+    te, tok = D.hf_text_encoder_from_open_clip(clip.model, clip.tokenizer)
+    captions = ["Photo of Mira Castell", "A kite image in Vellum style.", "MIRA_CASTELL's new look | Getty"]
+    ids = clip.tokenizer(captions)
+    hf_ids = tok(captions, padding="max_length", max_length=16, truncation=True, return_tensors="pt").input_ids
+    m = clip.model
+    with torch.no_grad():
+        x = m.ln_final(m.transformer(m.token_embedding(ids) + m.positional_embedding, attn_mask=m.attn_mask))
+        h = te(hf_ids).last_hidden_state
+    for i in range(len(captions)):
+        n = int((ids[i] != 0).sum())  # open_clip pads with 0, HF with end-of-text: compare the real tokens
+        assert ids[i][:n].tolist() == hf_ids[i][:n].tolist()
+        torch.testing.assert_close(h[i, :n], x[i, :n], rtol=1e-5, atol=1e-5)
+
+
+def test_slug_delta_is_one_open_clip_tensor_mapped_on_load(t2i_dir, tmp_path):
+    from unlearnflow.io import save_tensors
+
+    base = D.load_t2i(t2i_dir)
+    name = "transformer.resblocks.1.attn.in_proj_weight"
+    new = torch.randn(3 * 64, 64)
+    delta = tmp_path / "delta.safetensors"
+    save_tensors(delta, {name: new}, {"format": "unlearnflow.delta/1", "naming": "open_clip"})
+    edited = D.load_t2i(t2i_dir, delta=delta)
+    pre = D.hf_prefix(edited.text_encoder)
+    changed = {
+        n for (n, a), (_, b) in zip(edited.text_encoder.named_parameters(), base.text_encoder.named_parameters())
+        if not torch.equal(a, b)
+    }  # fmt: skip
+    assert changed == {f"{pre}encoder.layers.1.self_attn.{x}_proj.weight" for x in "qkv"}
+    q = dict(edited.text_encoder.named_parameters())[f"{pre}encoder.layers.1.self_attn.q_proj.weight"]
+    assert torch.equal(q, new[:64])
+    assert all(torch.equal(a, b) for a, b in zip(edited.unet.parameters(), base.unet.parameters()))
+
+
+# --------------------------------------------------------------- scorers
+def _images(n, seed, shift=0.0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(n, 3, 1, 1, generator=g) * 180 + 30
+    x = base + torch.randn(n, 3, 16, 16, generator=g) * 20 + shift
+    return x.clamp(0, 255).round().to(torch.uint8)
+
+
+def test_fid_kid_is_and_cosines_on_tiny_sets(clip_dir):
+    net = im.feature_net("clip", clip_dir=clip_dir)
+    a, b = net.image_features(_images(60, 0)), net.image_features(_images(60, 1))
+    c = net.image_features(_images(60, 2, shift=70))
+    assert im.fid(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert im.fid(a, c) > 2 * im.fid(a, b) > 0
+    assert im.kid(a, c) > im.kid(a, b)
+    assert im.paired_cosine(a, a) == pytest.approx(1.0)
+    k = 5
+    uniform = np.full((50, k), 1 / k)
+    assert im.inception_score(uniform) == pytest.approx((1.0, 0.0))
+    sharp = np.eye(k)[np.arange(50) % k]  # confident and diverse: IS = number of classes
+    assert im.inception_score(sharp, splits=5)[0] == pytest.approx(k, rel=1e-6)
+    with pytest.raises(UnlearnflowError, match="at least 2 feature rows"):
+        im.fid(a[:1], b)
+
+
+def test_folder_features_match_tensor_features_and_errors_name_the_folder(clip_dir, tmp_path):
+    net = im.feature_net("clip", clip_dir=clip_dir)
+    imgs = _images(12, 3)
+    im.save_pngs(imgs, tmp_path / "set", [f"{i:02d}" for i in range(12)])
+    loaded, names = im.load_pngs(tmp_path / "set")
+    assert torch.equal(loaded, imgs) and names[0] == "00"
+    np.testing.assert_allclose(net.folder_features(tmp_path / "set"), net.image_features(imgs), atol=1e-4)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputFileError, match="empty"):
+        net.folder_features(tmp_path / "empty")
+
+
+class _StandInInception(torch.nn.Module):
+    """Shaped like clean-fid's TorchScript Inception: ``layers`` gives the
+    2048-d pool features, forward(x, return_features, no_output_bias) the
+    1008-way softmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 2048, 8, stride=8), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+        )
+        self.fc = torch.nn.Linear(2048, 1008)
+
+    def forward(self, x, return_features: bool = False, no_output_bias: bool = False):
+        f = self.layers(x / 128 - 1)
+        if return_features:
+            return f
+        return torch.softmax(self.fc(f), dim=1)
+
+
+def test_inception_path_with_a_stand_in_file(tmp_path, monkeypatch, clip_dir):
+    monkeypatch.setenv("UNLEARNFLOW_INCEPTION_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    torch.jit.script(_StandInInception()).save(str(tmp_path / im.INCEPTION_FILE))
+    net = im.feature_net("inception")
+    assert net.name.startswith("inception_v3") and net.input_size == 299
+    im.save_pngs(_images(6, 4), tmp_path / "pngs", [str(i) for i in range(6)])
+    feats = net.folder_features(tmp_path / "pngs")  # clean-fid's loader and resizer, our stand-in
+    assert feats.shape == (6, 2048)
+    probs = net.probs(_images(6, 4))
+    assert probs.shape == (6, 1008) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    # a truncated download is an error naming the file
+    (tmp_path / im.INCEPTION_FILE).write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(InputFileError, match=im.INCEPTION_FILE):
+        im.feature_net("inception")
+
+
+# ------------------------------------------------------------ generation
+def test_generation_is_deterministic_per_seed(t2i_dir):
+    b = D.load_t2i(t2i_dir)
+    prompts = ["a photo of Mira Castell", "a photo of a kite", "a photo of a kite"]
+    one = D.generate(b, prompts, [7, 7, 8], steps=3)
+    two = D.generate(b, prompts, [7, 7, 8], steps=3)
+    assert one.dtype == torch.uint8 and one.shape == (3, 3, 16, 16)
+    assert torch.equal(one, two)
+    assert not torch.equal(one[1], one[2])  # another seed, another image
+    alone = D.generate(b, prompts[1:2], [7], steps=3, batch_size=1)  # independent of its batch
+    assert (alone[0].int() - one[1].int()).abs().max() <= 1
+
+
+def test_prompt_sets_for_identity_and_style_targets():
+    from unlearnflow.generate import prompt_sets
+
+    syn = small_synthetic()
+    concepts = {k: syn[k] for k in ("identities", "objects", "styles")}
+    ident = prompt_sets({"id": "m", "name": syn["identities"][0], "kind": "identity"}, concepts, seeds=[0, 1])
+    assert all(syn["identities"][0] in p for p in ident["forget"]["prompt"])
+    assert not any(syn["identities"][0] in p for p in ident["retain"]["prompt"])
+    assert len(ident["forget"]) == 2 * ident["forget"]["prompt"].nunique()
+    style = syn["styles"][0]
+    st = prompt_sets({"id": "s", "name": style, "kind": "style"}, concepts, seeds=[0])
+    assert set(st["forget"]["prompt"]) == {f"A {o} image in {style} style." for o in syn["objects"]}
+    labels = [json.loads(v) for v in st["retain"]["labels"]]
+    assert all(set(lab) == {"style", "object"} and lab["style"] != style for lab in labels)
+    with pytest.raises(UnlearnflowError, match="not among the concepts"):
+        prompt_sets({"id": "x", "name": "Nobody", "kind": "identity"}, concepts, seeds=[0])
+
+
+# ----------------------------------------------------------------- SalUn
+def test_salun_moves_only_salient_unet_weights(t2i_dir, tmp_path):
+    from unlearnflow.data.shards import Sample, write_shard
+    from unlearnflow.masks import global_topk_masks, mask_metadata, save_mask
+    from unlearnflow.methods.t2i import T2IContext
+    from unlearnflow.methods.t2i_salun import pseudo_concept, rename, run, unet_forget_gradients
+
+    rng = np.random.default_rng(0)
+
+    def tar(path, caption):
+        import io
+
+        from PIL import Image
+
+        def png():
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buf, format="PNG")
+            return buf.getvalue()
+
+        write_shard(path, [Sample(f"{i:04d}", {"png": png(), "txt": caption.encode()}) for i in range(8)])
+        return path
+
+    forget = tar(tmp_path / "forget.tar", "Photo of Mira Castell")
+    retain = tar(tmp_path / "retain.tar", "a photo of a kite")
+    b = D.load_t2i(t2i_dir)
+    grads, batches = unet_forget_gradients(b, forget, batch_size=4, seed=0)
+    assert batches == 2
+    # each batch's gradient is clipped to norm <= 1 before summing
+    assert float(torch.sqrt(sum((g**2).sum() for g in grads.values()))) <= 2.0 + 1e-4
+    masks = global_topk_masks({f"unet.{n}": g for n, g in grads.items()}, [0.3], exclude=())
+    m, info = masks[0.3]
+    save_mask(tmp_path / "mask.safetensors", m, mask_metadata(info, forget, exclude=()))
+    concepts = {"identities": ["Mira Castell", "Bram Okafor"], "objects": ["kite"], "styles": []}
+    target = {"id": "mira_castell", "name": "Mira Castell", "kind": "identity"}
+    assert pseudo_concept(target, concepts, "next") == "Bram Okafor"
+    assert rename(["MIRA_CASTELL at the gala"], "Mira Castell", "Bram Okafor") == ["Bram Okafor at the gala"]
+    ctx = T2IContext(bundle=b, target=target, concepts=concepts, sampling={}, forget_tar=forget,
+                     retain_tar=retain, mask=tmp_path / "mask.safetensors", seed=0)  # fmt: skip
+    res = run(ctx, {"steps": 3, "batch_size": 4, "lr": 1e-2})
+    base = dict(D.load_t2i(t2i_dir).unet.named_parameters())
+    assert res.tensors and all(n.startswith("unet.") for n in res.tensors)
+    moved = 0
+    for name, t in res.tensors.items():
+        keep = m[name]
+        b0 = base[name.removeprefix("unet.")]
+        assert torch.equal(t[~keep], b0[~keep]), name  # non-salient: bit-identical
+        moved += int((t[keep] != b0[keep]).sum())
+    assert moved > 0.5 * info["kept"]
+    assert res.info["pseudo_concept"] == "Bram Okafor"
+
+
+# ------------------------------------------------------ the real path
+def test_from_pretrained_stable_diffusion_layout_loads_and_generates(clip_dir, tmp_path):
+    """A tiny latent Stable Diffusion pipeline saved by diffusers, loaded by
+    the real path (export_t2i = from_pretrained of a folder)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    from unlearnflow.models.clip import load_clip
+
+    clip = load_clip(clip_dir)
+    te, tok = D.hf_text_encoder_from_open_clip(clip.model, clip.tokenizer)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[8, 8, 8, 8], norm_num_groups=4,
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, sample_size=32,
+    )  # fmt: skip
+    unet = UNet2DConditionModel(**{**MICRO_UNET, "in_channels": 4, "out_channels": 4, "sample_size": 4})
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=DDPMScheduler(**D.TINY_SCHEDULER),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.save_pretrained(tmp_path / "sd")
+    info = D.export_pretrained(str(tmp_path / "sd"), tmp_path / "exported")
+    assert info["pipeline_class"] == "StableDiffusionPipeline" and len(info["fingerprint"]) == 64
+    b = D.load_t2i(tmp_path / "exported")
+    assert b.vae is not None and b.image_size == 32
+    imgs = D.generate(b, ["a photo of a kite"], [0], steps=2)
+    assert imgs.shape == (1, 3, 32, 32) and imgs.dtype == torch.uint8
+    with pytest.raises(InputFileError, match="cannot load a diffusers pipeline"):
+        D.export_pretrained(str(tmp_path / "nowhere"), tmp_path / "x")
+    with pytest.raises(InputFileError, match="not a text-to-image model folder"):
+        D.load_t2i(tmp_path / "sd_missing")
+
+
+# ------------------------------------------------------------------ DAG
+def test_t2i_dag_end_to_end(workflow):
+    """The text-to-image branch on a tiny config: tiny model training, masks,
+    SLUG and SalUn, generation, scoring and the table."""
+    import pandas as pd
+    from safetensors.torch import load_file
+
+    cfg = small_config(
+        targets=[{"id": "mira_castell", "name": "Mira Castell", "kind": "identity"}],
+        clip={"train": {"epochs": 1, "batch_size": 64}},
+        run_methods=["slug"],
+        methods={"slug": {"max_layers_per_tower": 1, "max_probes": 2}},
+        t2i={
+            "unet_cfg": {"block_out_channels": [16, 16, 16], "attention_head_dim": 4, "norm_num_groups": 4},
+            "train": {"steps": 3, "batch_size": 8},
+            "sampling": {"steps": 2, "seeds": [0]},
+            "methods": {
+                "slug": {"max_layers": 1, "max_probes": 2, "search_steps": 2, "search_seeds": [5]},
+                "salun": {"steps": 2, "batch_size": 4},
+            },
+            "targets": [{"id": "mira_castell", "name": "Mira Castell", "kind": "identity"}],
+        },
+    )
+    workflow.run("results/tables/t2i_unlearning.csv", cfg=cfg, timeout=1500)
+    res = workflow.workdir / "results"
+    table = pd.read_csv(res / "tables/t2i_unlearning.csv")
+    assert list(table.columns) == [
+        "target", "method", "ua", "ira", "cra", "fid", "kid", "is", "clip_score",
+        "seconds", "peak_mem_mb", "storage_mb", "feature_net",
+    ]  # fmt: skip
+    assert set(table["method"]) == {"original", "slug", "salun"}
+    assert table["fid"].notna().all() and (table["ua"].between(0, 100)).all()
+    assert (table.loc[table["method"] != "original", "storage_mb"] > 0).all()
+    assert len(load_file(res / "unlearn_t2i/tiny_t2i/mira_castell/slug/delta.safetensors")) == 1
+    grid = res / "generate/tiny_t2i/mira_castell/salun/forget_grid.png"
+    assert grid.stat().st_size > 200
+    prompts = pd.read_parquet(res / "generate/tiny_t2i/mira_castell/base/prompts.parquet")
+    assert len(list((res / "generate/tiny_t2i/mira_castell/base/retain").glob("*.png"))) == (prompts["set"] == "retain").sum()
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
+def test_sampler_recovers_a_one_point_distribution(prediction):
+    """With the exact denoiser of a single image c, guided DDIM returns c
+    (through pixel_unshuffle), whatever the UNet's parametrisation."""
+    import types
+
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler(**{**D.TINY_SCHEDULER, "prediction_type": prediction})
+    ab = sched.alphas_cumprod
+    image = torch.zeros(1, 3, 8, 8)
+    image[:, 0] = 0.5
+    image[:, 1, :, :4] = -0.5
+    c = torch.nn.functional.pixel_unshuffle(image, 2)
+
+    class ExactUnet(torch.nn.Module):
+        config = types.SimpleNamespace(in_channels=12, sample_size=4)
+
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x, t, encoder_hidden_states=None):
+            a = ab[int(t)]
+            eps = (x - a.sqrt() * c) / (1 - a).sqrt()
+            return types.SimpleNamespace(sample=D.denoising_target(sched, c.expand_as(x), eps, t.expand(len(x))))
+
+    class Text(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, ids):
+            return types.SimpleNamespace(last_hidden_state=torch.zeros(len(ids), 4, 8))
+
+    def tok(prompts, **kw):
+        return types.SimpleNamespace(input_ids=torch.zeros(len(prompts), 4, dtype=torch.long))
+
+    tok.model_max_length = 4
+    b = D.T2IBundle(ExactUnet(), sched, Text(), tok, None, Path("."), {"pixel_unshuffle": 2})
+    out = D.generate(b, ["a", "b"], [0, 1], steps=20, guidance=3.0)
+    want = ((image + 1) * 127.5).round()
+    assert (out.float() - want).abs().max() <= 1

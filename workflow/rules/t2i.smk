@@ -1,0 +1,220 @@
+# Text-to-image unlearning: the diffusion model, SalUn's UNet masks, the
+# methods (generic over {method}), generation, scoring and the table.
+
+
+wildcard_constraints:
+    t2i=one_of([T2I]),
+    pset="forget|retain",
+
+
+if config["t2i"]["source"] == "train":
+
+    rule pretrain_t2i:
+        input:
+            shards=expand("results/data/laion/{shard}.tar", shard=SHARDS),
+            clip_config=f"results/models/{MODEL}/open_clip_config.json",
+        output:
+            **t2i_model_files(),
+        log:
+            "logs/pretrain_t2i/{t2i}.log",
+        benchmark:
+            "results/benchmarks/pretrain_t2i/{t2i}.tsv"
+        conda:
+            "../../envs/torch.yaml"
+        threads: workflow.cores
+        resources:
+            mem_mb=6000,
+            runtime=60,
+            gpu=1 if config["t2i"]["device"].startswith("cuda") else 0,
+        params:
+            unet_cfg=config["t2i"]["unet_cfg"],
+            train=config["t2i"]["train"],
+            seed=config["seeds"]["train"],
+            device=config["t2i"]["device"],
+        script:
+            "../scripts/stage.py"
+
+else:
+
+    rule export_t2i:
+        output:
+            **t2i_model_files(),
+        log:
+            "logs/export_t2i/{t2i}.log",
+        benchmark:
+            "results/benchmarks/export_t2i/{t2i}.tsv"
+        conda:
+            "../../envs/torch.yaml"
+        resources:
+            mem_mb=16000,
+            runtime=60,
+        params:
+            pretrained=config["t2i"]["pretrained"],
+            cache_dir=config["t2i"]["cache_dir"],
+            dtype=config["t2i"]["dtype"],
+        script:
+            "../scripts/stage.py"
+
+
+rule t2i_salun_masks:
+    input:
+        **t2i_model_files(),
+        forget="results/data/{target}/forget.tar",
+    output:
+        **{
+            f"mask_{f:g}": mask_path_t2i("{target}", f, "{t2i}")
+            for f in config["t2i"]["masks"]["fractions"]
+        },
+    log:
+        "logs/t2i_salun_masks/{t2i}/{target}.log",
+    benchmark:
+        "results/benchmarks/t2i_salun_masks/{t2i}/{target}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1 if config["t2i"]["device"].startswith("cuda") else 0,
+    params:
+        fractions=config["t2i"]["masks"]["fractions"],
+        batch_size=config["t2i"]["masks"]["batch_size"],
+        seed=config["seeds"]["unlearn"],
+        device=config["t2i"]["device"],
+    script:
+        "../scripts/stage.py"
+
+
+rule unlearn_t2i:
+    input:
+        unpack(t2i_method_inputs),
+        **t2i_model_files(),
+        **t2i_eval_files("val"),
+        clip_config=f"results/models/{MODEL}/open_clip_config.json",
+        forget="results/data/{target}/forget.tar",
+        retain="results/data/{target}/retain.tar",
+    output:
+        delta="results/unlearn_t2i/{t2i}/{target}/{method}/delta.safetensors",
+        trace="results/unlearn_t2i/{t2i}/{target}/{method}/search.parquet",
+        info="results/unlearn_t2i/{t2i}/{target}/{method}/info.json",
+    log:
+        "logs/unlearn_t2i/{t2i}/{target}/{method}.log",
+    benchmark:
+        "results/benchmarks/unlearn_t2i/{t2i}/{target}/{method}.tsv"
+    wildcard_constraints:
+        method=one_of(T2I_METHODS),
+    conda:
+        "../../envs/torch.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=6000,
+        runtime=120,
+        gpu=1 if config["t2i"]["device"].startswith("cuda") else 0,
+    params:
+        method=lambda wc: wc.method,
+        params=lambda wc: t2i_method_params(wc.method),
+        target=lambda wc: target_config(wc.target),
+        concepts=t2i_concepts(),
+        sampling=config["t2i"]["sampling"],
+        seed=config["seeds"]["unlearn"],
+        device=config["t2i"]["device"],
+    script:
+        "../scripts/stage.py"
+
+
+rule generate_t2i:
+    input:
+        unpack(t2i_delta_inputs),
+        **t2i_model_files(),
+    output:
+        forget_dir=directory("results/generate/{t2i}/{target}/{method}/forget"),
+        retain_dir=directory("results/generate/{t2i}/{target}/{method}/retain"),
+        forget_grid=report(
+            "results/generate/{t2i}/{target}/{method}/forget_grid.png",
+            caption="../report/t2i_grid.rst",
+            category="5. Text-to-image",
+            subcategory="{target}",
+            labels={"method": "{method}", "prompts": "forget"},
+        ),
+        retain_grid=report(
+            "results/generate/{t2i}/{target}/{method}/retain_grid.png",
+            caption="../report/t2i_grid.rst",
+            category="5. Text-to-image",
+            subcategory="{target}",
+            labels={"method": "{method}", "prompts": "retain"},
+        ),
+        prompts="results/generate/{t2i}/{target}/{method}/prompts.parquet",
+    log:
+        "logs/generate_t2i/{t2i}/{target}/{method}.log",
+    benchmark:
+        "results/benchmarks/generate_t2i/{t2i}/{target}/{method}.tsv"
+    wildcard_constraints:
+        method=one_of(["base"] + T2I_METHODS),
+    conda:
+        "../../envs/torch.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1 if config["t2i"]["device"].startswith("cuda") else 0,
+    params:
+        target=lambda wc: target_config(wc.target),
+        concepts=t2i_concepts(),
+        seeds=config["t2i"]["sampling"]["seeds"],
+        sampling=config["t2i"]["sampling"],
+        device=config["t2i"]["device"],
+    script:
+        "../scripts/stage.py"
+
+
+rule evaluate_t2i:
+    input:
+        unpack(t2i_delta_inputs),
+        **t2i_eval_files("test"),
+        prompts="results/generate/{t2i}/{target}/{method}/prompts.parquet",
+        clip_config=f"results/models/{MODEL}/open_clip_config.json",
+    output:
+        metrics="results/eval_t2i/{t2i}/{target}/{method}.json",
+    log:
+        "logs/evaluate_t2i/{t2i}/{target}/{method}.log",
+    benchmark:
+        "results/benchmarks/evaluate_t2i/{t2i}/{target}/{method}.tsv"
+    wildcard_constraints:
+        method=one_of(["base"] + T2I_METHODS),
+    conda:
+        "../../envs/torch.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        target=lambda wc: target_config(wc.target),
+        method=lambda wc: wc.method,
+        feature_net=config["t2i"]["feature_net"],
+        device=config["t2i"]["device"],
+    script:
+        "../scripts/stage.py"
+
+
+rule t2i_table:
+    input:
+        records=expand(
+            "results/eval_t2i/{t2i}/{target}/{method}.json",
+            t2i=T2I,
+            target=T2I_TARGETS,
+            method=["base"] + T2I_METHODS,
+        ),
+        costs=[
+            f for t in T2I_TARGETS for m in T2I_METHODS for f in t2i_cost_files(t, m)
+        ],
+    output:
+        csv="results/tables/t2i_unlearning.csv",
+        md="results/tables/t2i_unlearning.md",
+        tex="results/tables/t2i_unlearning.tex",
+    log:
+        "logs/t2i_table/t2i_unlearning.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        costs={t: {m: t2i_cost_files(t, m) for m in T2I_METHODS} for t in T2I_TARGETS},
+    script:
+        "../scripts/stage.py"
