@@ -23,6 +23,8 @@ include: "workflow/rules/gradients.smk"
 include: "workflow/rules/unlearn.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/t2i.smk"
+include: "workflow/rules/i2i.smk"
 
 
 # Cheap rules never go to a cluster queue.
@@ -34,6 +36,9 @@ localrules:
     slug_search_plot,
     costs_table,
     table_html,
+    t2i_table,
+    i2i_table,
+    i2i_tsne,
 
 
 rule all:
@@ -41,5 +46,7 @@ rule all:
     input:
         rules.data.input,
         clip_outputs(),
+        t2i_outputs(),
+        i2i_outputs(),
         costs_outputs(),
         table_views(),

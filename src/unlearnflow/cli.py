@@ -45,6 +45,21 @@ STAGES: dict[str, str] = {
     "slug_search_plot": "unlearnflow.plots:search_trace_stage",
     "costs_table": "unlearnflow.tables:costs_stage",
     "table_html": "unlearnflow.tables:html_stage",
+    "pretrain_t2i": "unlearnflow.models.diffusion:pretrain_stage",
+    "export_t2i": "unlearnflow.models.diffusion:export_stage",
+    "t2i_salun_masks": "unlearnflow.methods.t2i_salun:masks_stage",
+    "unlearn_t2i": "unlearnflow.methods.t2i:unlearn_t2i_stage",
+    "generate_t2i": "unlearnflow.generate:generate_stage",
+    "evaluate_t2i": "unlearnflow.metrics.t2i_eval:evaluate_stage",
+    "t2i_table": "unlearnflow.tables:t2i_table_stage",
+    "i2i_images": "unlearnflow.data.objects:images_stage",
+    "i2i_sets": "unlearnflow.data.objects:sets_stage",
+    "train_i2i": "unlearnflow.models.i2i:train_stage",
+    "import_i2i": "unlearnflow.models.i2i:import_stage",
+    "unlearn_i2i": "unlearnflow.methods.i2i:unlearn_i2i",
+    "evaluate_i2i": "unlearnflow.metrics.i2i_eval:evaluate_stage",
+    "i2i_table": "unlearnflow.metrics.i2i_eval:table_stage",
+    "i2i_tsne": "unlearnflow.metrics.i2i_eval:tsne_stage",
 }
 
 

@@ -55,6 +55,38 @@ def clip_table(records: list[dict], costs: dict) -> pd.DataFrame:
     return pd.concat([df, mean[CLIP_COLUMNS]], ignore_index=True)
 
 
+T2I_COLUMNS = ["target", "method", "ua", "ira", "cra", "fid", "kid", "is", "clip_score", "seconds", "peak_mem_mb", "storage_mb", "feature_net"]
+
+
+def t2i_table(records: list[dict], costs: dict) -> pd.DataFrame:
+    """UnlearnCanvas-style rows: UA / IRA / CRA, FID / KID / IS / CLIP score
+    (retain prompts), cost (seconds, peak memory from the benchmark files,
+    storage = size of what the method stores)."""
+    rows = []
+    for r in records:
+        c = method_cost(costs.get(r["target"], {}).get(r["method"], []))
+        row = {k: r.get(k) for k in T2I_COLUMNS if k not in c} | c
+        row["storage_mb"] = r.get("storage_mb", float("nan"))
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=T2I_COLUMNS)
+    order = {m: i for i, m in enumerate(["original"] + sorted(set(df["method"]) - {"original"}))}
+    return df.sort_values(["target", "method"], key=lambda s: s.map(order) if s.name == "method" else s).reset_index(drop=True)
+
+
+def t2i_table_stage(inp: dict, out: dict, params: dict) -> None:
+    """Rule ``t2i_table``."""
+    records = []
+    for path in inp["records"]:
+        r = read_json(path)
+        r["method"] = "original" if r["method"] == "base" else r["method"]
+        records.append(r)
+    df = t2i_table(records, params["costs"])
+    nets = sorted(set(df["feature_net"].dropna()))
+    write_tables(df, out["csv"], out["md"], out["tex"],
+                 f"Text-to-image unlearning (FID / KID / IS / CLIP score in the feature space of {', '.join(nets)})")
+    print(df.to_markdown(index=False, floatfmt=".2f"))
+
+
 def write_tables(df: pd.DataFrame, csv, md, tex, caption: str) -> None:
     with atomic_path(csv, suffix=".csv") as tmp:
         df.to_csv(tmp, index=False, float_format="%.2f")

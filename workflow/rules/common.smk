@@ -7,7 +7,11 @@ SHARDS = list(config["data"]["shards"])
 HELDOUT_SHARDS = list(config["data"]["heldout_shards"])
 MODEL = config["clip"]["name"]
 METHODS = list(config["run_methods"])
-TARGETS = {t["id"]: t for t in config["targets"]}
+# CLIP_TARGETS are unlearned from the CLIP; T2I_TARGETS from the diffusion
+# model (SLUG there needs their CLIP gradients too); TARGETS is every target.
+CLIP_TARGETS = [t["id"] for t in config["targets"]]
+T2I_TARGETS = [t["id"] for t in config["t2i"]["targets"]]
+TARGETS = {t["id"]: t for t in config["targets"] + config["t2i"]["targets"]}
 EVAL_SETS = ["identities", "objects", "styles"]
 SPLITS = ["val", "test"]
 
@@ -41,6 +45,13 @@ def check_targets():
 
 
 check_targets()
+
+if config["gradients"]["keep"] != "all" and "salun" in METHODS:
+    raise ValueError(
+        "config: gradients.keep is 'candidates', which stores SLUG's candidate "
+        "layers only, but run_methods has salun, whose global saliency mask ranks "
+        "every weight: set gradients.keep: all or drop salun from run_methods"
+    )
 
 
 def target_config(target_id):
@@ -173,7 +184,7 @@ def method_cost_files(target, method, model=MODEL):
 def clip_table_costs():
     return {
         t: {m: method_cost_files(t, m) for m in METHODS} | {"original": []}
-        for t in TARGETS
+        for t in CLIP_TARGETS
     }
 
 
@@ -182,7 +193,9 @@ def search_plots(model=MODEL):
     if "slug" not in METHODS:
         return []
     return expand(
-        "results/unlearn/{model}/{target}/slug/search.png", model=model, target=TARGETS
+        "results/unlearn/{model}/{target}/slug/search.png",
+        model=model,
+        target=CLIP_TARGETS,
     )
 
 
@@ -190,7 +203,9 @@ def clip_outputs():
     return (
         expand("results/tables/clip_unlearning.{ext}", ext=["csv", "md", "tex"])
         + ["results/tables/clip_tradeoff.png"]
-        + expand("results/layers/{model}/{target}.png", model=MODEL, target=TARGETS)
+        + expand(
+            "results/layers/{model}/{target}.png", model=MODEL, target=CLIP_TARGETS
+        )
         + search_plots()
     )
 
@@ -239,10 +254,10 @@ def heavy_benchmarks(model=MODEL):
     ]
     clip = [
         f"{b}/{p}.tsv".format(model=model, target=t)
-        for t in TARGETS
+        for t in CLIP_TARGETS
         for p in per_target
     ]
-    return data + models + clip
+    return data + models + clip + i2i_benchmarks()
 
 
 def costs_outputs():
@@ -258,3 +273,202 @@ REPORT_TABLES = {
 
 def table_views():
     return expand("results/tables/{table}.html", table=REPORT_TABLES)
+
+
+# ---------------------------------------------------------- text-to-image
+T2I = config["t2i"]["name"]
+T2I_METHODS = list(config["t2i"]["run_methods"])
+
+
+def t2i_model_files(model="{t2i}"):
+    d = f"results/models/{model}"
+    return {
+        "model": f"{d}/model.json",
+        "unet": f"{d}/unet/diffusion_pytorch_model.safetensors",
+        "text_encoder": f"{d}/text_encoder/model.safetensors",
+    }
+
+
+def t2i_concepts():
+    """Concept names for prompts and classifiers (the synthetic lists by default)."""
+    if config["t2i"]["concepts"]:
+        return config["t2i"]["concepts"]
+    syn = config["data"]["synthetic"]
+    return {k: syn[k] for k in ("identities", "objects", "styles")}
+
+
+def t2i_eval_files(split):
+    files = {}
+    for s in EVAL_SETS:
+        files[f"{s}_{split}"] = f"results/data/eval/{s}/{split}.tar"
+        files[f"{s}_classes"] = f"results/data/eval/{s}/classes.json"
+    return files
+
+
+def t2i_method_inputs(wildcards):
+    t = wildcards.target
+    needs = {
+        "slug": {
+            "grad_forget": f"results/grads/{MODEL}/{t}/forget.safetensors",
+            "layers": f"results/layers/{MODEL}/{t}.parquet",
+        },
+        "salun": {
+            "mask": mask_path_t2i(
+                t, t2i_method_params("salun").get("mask_fraction", 0.5)
+            )
+        },
+    }
+    return needs.get(wildcards.method, {})
+
+
+def mask_path_t2i(target, fraction, model=T2I):
+    return f"results/masks/{model}/{target}/unet_salun_{float(fraction):g}.safetensors"
+
+
+def t2i_method_params(method):
+    return dict(config["t2i"]["methods"].get(method) or {})
+
+
+def t2i_delta_inputs(wildcards):
+    if wildcards.method == "base":
+        return {}
+    d = f"results/unlearn_t2i/{wildcards.t2i}/{wildcards.target}/{wildcards.method}"
+    return {"delta": f"{d}/delta.safetensors", "info": f"{d}/info.json"}
+
+
+def t2i_outputs():
+    if not T2I_TARGETS:
+        return []
+    grids = expand(
+        "results/generate/{t2i}/{target}/{method}/{pset}_grid.png",
+        t2i=T2I,
+        target=T2I_TARGETS,
+        method=["base"] + T2I_METHODS,
+        pset=["forget", "retain"],
+    )
+    return (
+        expand("results/tables/t2i_unlearning.{ext}", ext=["csv", "md", "tex"]) + grids
+    )
+
+
+def t2i_cost_files(target, method):
+    b = "results/benchmarks"
+    own = [f"{b}/unlearn_t2i/{T2I}/{target}/{method}.tsv"]
+    if method == "slug":
+        return [
+            f"{b}/clip_gradients/{MODEL}/{target}/forget.tsv",
+            f"{b}/clip_gradients/{MODEL}/{target}/retain.tsv",
+            f"{b}/layer_analysis/{MODEL}/{target}.tsv",
+        ] + own
+    if method == "salun":
+        return [f"{b}/t2i_salun_masks/{T2I}/{target}.tsv"] + own
+    return own
+
+
+# ---------------------------------------------------------- image-to-image
+I2I = config["i2i"]
+I2I_MODEL = I2I["name"]
+I2I_METHODS = list(I2I["run_methods"])
+I2I_SETS = ["forget", "retain", "proxy", "test_forget", "test_retain"]
+
+
+def check_i2i():
+    if not I2I_METHODS:  # the branch is off (nothing of it is in `all`)
+        return
+    objects = config["data"]["synthetic"]["objects"]
+    forget, retain = I2I["forget_classes"], I2I["retain_classes"]
+    for key, classes in (("forget_classes", forget), ("retain_classes", retain)):
+        unknown = [c for c in classes if c not in objects]
+        if unknown:
+            raise ValueError(
+                f"config i2i.{key}: {unknown} are not among data.synthetic.objects {objects}"
+            )
+    both = sorted(set(forget) & set(retain))
+    if both:
+        raise ValueError(
+            f"config i2i: {both} in both forget_classes and retain_classes"
+        )
+    for m in I2I_METHODS:
+        if i2i_method_params(m).get("forget_alpha", 1) == 0:
+            raise ValueError(
+                f"config i2i.methods.{m}.forget_alpha is 0, which disables forgetting; "
+                "set it > 0 (the paper's example: 0.2)"
+            )
+
+
+def i2i_model_files(model=I2I_MODEL):
+    d = f"results/models/{model}"
+    return {
+        "config": f"{d}/i2i_config.json",
+        "weights": f"{d}/i2i_model.safetensors",
+        "info": f"{d}/i2i_model.json",
+    }
+
+
+def i2i_method_params(method):
+    """A method's params; li_proxy's retain set is the proxy pool by default."""
+    p = dict(I2I["methods"].get(method) or {})
+    p.setdefault("retain_set", "proxy" if method == "li_proxy" else "retain")
+    return p
+
+
+check_i2i()
+
+
+if I2I_METHODS:
+    REPORT_TABLES["i2i_unlearning"] = (
+        "Image-to-image unlearning (FID / IS / CLIP per split)"
+    )
+
+
+def i2i_retain_input(wildcards):
+    return f"results/data/i2i/{i2i_method_params(wildcards.method)['retain_set']}.tar"
+
+
+def i2i_delta_input(wildcards):
+    if wildcards.method == "base":
+        return {}
+    d = f"results/unlearn_i2i/{wildcards.model}/{wildcards.method}"
+    return {"delta": f"{d}/delta.safetensors"}
+
+
+def i2i_feature_inputs():
+    """The local CLIP folder that scores the outputs (none for open_clip)."""
+    f = I2I["eval"]["features"]
+    if f["kind"] != "clip":
+        return {}
+    d = f["dir"] or f"results/models/{MODEL}"
+    return {
+        "clip_config": f"{d}/open_clip_config.json",
+        "clip_weights": f"{d}/open_clip_model.safetensors",
+    }
+
+
+def i2i_tsne_method():
+    m = I2I["eval"]["tsne_method"]
+    return m if m in I2I_METHODS or not I2I_METHODS else I2I_METHODS[0]
+
+
+def i2i_outputs():
+    """The branch's final outputs; none when i2i.run_methods is empty."""
+    if not I2I_METHODS:
+        return []
+    return expand("results/tables/i2i_unlearning.{ext}", ext=["csv", "md", "tex"]) + [
+        "results/tables/i2i_fid_is.csv",
+        "results/tables/i2i_clip_cosine.csv",
+        "results/tables/i2i_tsne.png",
+    ]
+
+
+def i2i_benchmarks():
+    """The benchmark file of every heavy job of the image-to-image branch."""
+    if not I2I_METHODS:
+        return []
+    b = "results/benchmarks"
+    make = "train_i2i" if I2I["source"] == "train" else "import_i2i"
+    return (
+        [f"{b}/i2i_images/i2i_images.tsv", f"{b}/i2i_sets/i2i_sets.tsv"]
+        + [f"{b}/{make}/{I2I_MODEL}.tsv"]
+        + [f"{b}/unlearn_i2i/{I2I_MODEL}/{m}.tsv" for m in I2I_METHODS]
+        + [f"{b}/evaluate_i2i/{I2I_MODEL}/{m}.tsv" for m in ["base"] + I2I_METHODS]
+    )

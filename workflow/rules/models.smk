@@ -16,6 +16,8 @@ if config["clip"]["source"] == "train":
             "logs/pretrain_clip/{model}.log",
         benchmark:
             "results/benchmarks/pretrain_clip/{model}.tsv"
+        wildcard_constraints:
+            model=one_of([MODEL]),
         conda:
             "../../envs/torch.yaml"
         threads: workflow.cores
@@ -40,6 +42,8 @@ else:
             "logs/export_clip/{model}.log",
         benchmark:
             "results/benchmarks/export_clip/{model}.tsv"
+        wildcard_constraints:
+            model=one_of([MODEL]),
         conda:
             "../../envs/torch.yaml"
         resources:

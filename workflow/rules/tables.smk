@@ -6,11 +6,11 @@ rule clip_table:
         evals=expand(
             "results/eval/{model}/{target}/{method}.json",
             model=MODEL,
-            target=TARGETS,
+            target=CLIP_TARGETS,
             method=["base"] + METHODS,
         ),
         benchmarks=[
-            f for t in TARGETS for m in METHODS for f in method_cost_files(t, m)
+            f for t in CLIP_TARGETS for m in METHODS for f in method_cost_files(t, m)
         ],
     output:
         csv=report(

@@ -3,9 +3,11 @@
 A method module defines ``run(ctx: MethodContext, params: dict) -> MethodResult``:
 it gets the base model, the forget/retain sets, whatever precomputed inputs
 it needs (gradients, layer table, masks) and its params, and returns the
-tensors it changed. The ``unlearn_clip`` rule is generic over ``{method}``;
-adding a method is one module here plus one entry in ``METHODS`` and in the
-config's ``methods`` section.
+tensors it changed. The registry is keyed by model family (``clip``, ``t2i``
+for text-to-image diffusion, ``i2i`` for image-to-image models), since each
+family has its own context; one rule per family (``unlearn_clip``,
+``unlearn_t2i``, ``unlearn_i2i``) is generic over ``{method}``. Adding a
+method is one module here plus one entry in ``METHODS`` and in the config.
 """
 
 from __future__ import annotations
@@ -18,13 +20,27 @@ import pandas as pd
 
 from ..io import UnlearnflowError
 
-METHODS: dict[str, str] = {
-    "slug": "unlearnflow.methods.slug",
-    "ft": "unlearnflow.methods.ft",
-    "ga": "unlearnflow.methods.ga",
-    "ga_ft": "unlearnflow.methods.ga_ft",
-    "salun": "unlearnflow.methods.salun",
-    "ssd": "unlearnflow.methods.ssd",
+METHODS: dict[str, dict[str, str]] = {
+    "clip": {
+        "slug": "unlearnflow.methods.slug",
+        "ft": "unlearnflow.methods.ft",
+        "ga": "unlearnflow.methods.ga",
+        "ga_ft": "unlearnflow.methods.ga_ft",
+        "salun": "unlearnflow.methods.salun",
+        "ssd": "unlearnflow.methods.ssd",
+    },
+    "t2i": {
+        "slug": "unlearnflow.methods.t2i_slug",
+        "salun": "unlearnflow.methods.t2i_salun",
+    },
+    "i2i": {  # methods/i2i/: Li et al. (ICLR 2024) and its four baselines
+        "li": "unlearnflow.methods.i2i.li",
+        "li_proxy": "unlearnflow.methods.i2i.li_proxy",
+        "max_loss": "unlearnflow.methods.i2i.max_loss",
+        "noisy_label": "unlearnflow.methods.i2i.noisy_label",
+        "retain_label": "unlearnflow.methods.i2i.retain_label",
+        "random_encoder": "unlearnflow.methods.i2i.random_encoder",
+    },
 }
 
 
@@ -49,10 +65,14 @@ class MethodResult:
     info: dict = field(default_factory=dict)
 
 
-def get_method(name: str):
-    if name not in METHODS:
-        raise UnlearnflowError(f"unknown method {name!r}; known methods: {sorted(METHODS)}")
-    return importlib.import_module(METHODS[name])
+def get_method(name: str, family: str = "clip"):
+    """The module of method ``name`` for a model family (clip, t2i, i2i)."""
+    if family not in METHODS:
+        raise UnlearnflowError(f"unknown model family {family!r}; known families: {sorted(METHODS)}")
+    known = METHODS[family]
+    if name not in known:
+        raise UnlearnflowError(f"unknown {family} method {name!r}; known methods: {sorted(known)}")
+    return importlib.import_module(known[name])
 
 
 def unlearn_stage(inp: dict, out: dict, params: dict) -> None:
