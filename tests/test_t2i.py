@@ -291,7 +291,8 @@ def test_from_pretrained_stable_diffusion_layout_loads_and_generates(clip_dir, t
     )  # fmt: skip
     unet = UNet2DConditionModel(**{**MICRO_UNET, "in_channels": 4, "out_channels": 4, "sample_size": 4})
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=DDPMScheduler(**D.TINY_SCHEDULER),
+        vae=vae, text_encoder=te, tokenizer=tok, unet=unet,
+        scheduler=DDPMScheduler(**{**D.TINY_SCHEDULER, "clip_sample": False, "prediction_type": "epsilon"}),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )  # fmt: skip
     pipe.save_pretrained(tmp_path / "sd")

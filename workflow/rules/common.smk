@@ -278,6 +278,10 @@ def table_views():
 # ---------------------------------------------------------- text-to-image
 T2I = config["t2i"]["name"]
 T2I_METHODS = list(config["t2i"]["run_methods"])
+if T2I_TARGETS:
+    REPORT_TABLES["t2i_unlearning"] = (
+        "Text-to-image unlearning (UA / IRA / CRA %, FID / KID / IS / CLIP score)"
+    )
 
 
 def t2i_model_files(model="{t2i}"):

@@ -98,5 +98,5 @@ rule table_html:
         "../scripts/stage.py"
 
 
-# TODO (a later issue adds image generation): the before/after image grids
-# go in the report too, in their own category, once they exist.
+# The before/after image grids are report items of generate_t2i (t2i.smk)
+# and of the image-to-image rules (i2i.smk).
