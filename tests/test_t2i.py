@@ -391,3 +391,43 @@ def test_sampler_recovers_a_one_point_distribution(prediction):
     out = D.generate(b, ["a", "b"], [0, 1], steps=20, guidance=3.0)
     want = ((image + 1) * 127.5).round()
     assert (out.float() - want).abs().max() <= 1
+
+
+def test_slug_clip_criterion_edits_one_text_layer_by_lambda_times_the_gradient(clip_dir, t2i_dir, tmp_path):
+    """criterion: clip runs SLUG's CLIP validation search on the text layers
+    the pipeline uses, and returns theta + lambda * g for one of them."""
+    import pandas as pd
+
+    from conftest import write_small_eval_sets
+    from unlearnflow.gradients import FORMAT
+    from unlearnflow.io import save_tensors, write_parquet
+    from unlearnflow.methods.slug import edited
+    from unlearnflow.methods.t2i import T2IContext
+    from unlearnflow.methods.t2i_slug import run
+    from unlearnflow.models.clip import load_clip
+
+    clip = load_clip(clip_dir)
+    params = dict(clip.model.named_parameters())
+    text = ["transformer.resblocks.2.mlp.c_fc.weight", "text_projection", "visual.proj"]
+    g = torch.Generator().manual_seed(0)
+    grads = {n: torch.randn(params[n].shape, generator=g) for n in text}
+    save_tensors(tmp_path / "g.safetensors", grads, {"format": FORMAT, "set": "forget"})
+    table = pd.DataFrame({
+        "name": text, "tower": ["text", "text", "vision"], "pareto": [True, True, True], "front_rank": [1, 0, 0],
+    })  # fmt: skip
+    write_parquet(tmp_path / "layers.parquet", table)
+    files = write_small_eval_sets(tmp_path, val=2, test=1)
+    sets = {s: {"tar": files[f"{s}_val"], "classes": files[f"{s}_classes"]} for s in ("identities", "objects")}
+    ctx = T2IContext(
+        bundle=D.load_t2i(t2i_dir), target={"id": "m", "name": "Mira Castell", "kind": "identity"},
+        concepts={}, sampling={}, clip_dir=clip_dir, grad_forget=tmp_path / "g.safetensors",
+        layers=tmp_path / "layers.parquet", val_sets=sets,
+    )  # fmt: skip
+    res = run(ctx, {"criterion": "clip", "max_probes": 2, "forget_target": 100.0})
+    # text_projection is not used by the pipeline's encoder, the vision layer is no text layer
+    assert list(res.tensors) == ["transformer.resblocks.2.mlp.c_fc.weight"]
+    name = "transformer.resblocks.2.mlp.c_fc.weight"
+    assert res.info["criterion"] == "clip" and res.info["naming"] == "open_clip" and res.info["lambda"] > 0
+    assert torch.equal(res.tensors[name], edited(params[name].detach(), grads[name], res.info["lambda"]))
+    with pytest.raises(UnlearnflowError, match="criterion 'pixels'"):
+        run(ctx, {"criterion": "pixels"})
