@@ -169,6 +169,13 @@ def test_clip_dag_end_to_end_all_methods(workflow):
     base = json.loads((res / "eval/tiny_clip/mira_castell/base.json").read_text())
     assert base["delta"] == "" and 0 <= base["fa1"] <= 100
     assert (res / "layers/tiny_clip/mira_castell.png").stat().st_size > 1000
+    # every torch job runs on the rule's threads (config `threads`, default 1),
+    # so two jobs share the 2 cores instead of queueing
+    for log in ("unlearn_clip/tiny_clip/mira_castell/slug", "clip_gradients/tiny_clip/mira_castell/retain"):
+        assert "torch threads 1" in (workflow.workdir / f"logs/{log}.log").read_text(), log
+    # and the thread count is no result: changing it reruns nothing
+    _, out = workflow.run("-n", cfg=cfg | {"threads": 2})
+    assert "Nothing to be done" in out
 
     # one method's new params rerun that method alone (and the table)
     untouched = {m: (res / f"unlearn/tiny_clip/mira_castell/{m}/delta.safetensors").stat().st_mtime_ns for m in ALL_METHODS}

@@ -75,7 +75,10 @@ def run_stage(name: str, inp: dict, out: dict, params: dict) -> None:
     t0 = time.time()
     logging.getLogger("unlearnflow").info("stage %s started", name)
     stage(inp, out, params)
-    logging.getLogger("unlearnflow").info("stage %s finished in %.1f s", name, time.time() - t0)
+    # torch's threads as the stage ran them (the rule's `threads`, via stage.py)
+    torch = sys.modules.get("torch")
+    threads = f", torch threads {torch.get_num_threads()}" if torch is not None else ""
+    logging.getLogger("unlearnflow").info("stage %s finished in %.1f s%s", name, time.time() - t0, threads)
 
 
 def _plain(value):

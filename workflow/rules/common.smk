@@ -2,6 +2,7 @@
 # the files that define rules stay pure wiring. No torch import here, since
 # building the DAG must stay fast.
 import re
+import shutil
 
 SHARDS = list(config["data"]["shards"])
 HELDOUT_SHARDS = list(config["data"]["heldout_shards"])
@@ -14,6 +15,17 @@ T2I_TARGETS = [t["id"] for t in config["t2i"]["targets"]]
 TARGETS = {t["id"]: t for t in config["targets"] + config["t2i"]["targets"]}
 EVAL_SETS = ["identities", "objects", "styles"]
 SPLITS = ["val", "test"]
+# CPU threads of every torch job (config `threads`; profiles raise it per rule)
+THREADS = config["threads"]
+
+
+def gpu_request(device):
+    """1 for a job that will run on a GPU (device cuda*, or auto where the
+    NVIDIA driver's nvidia-smi is installed), so that `--resources gpu=1` keeps GPU jobs one at
+    a time; 0 for CPU jobs. A cluster profile sets it per rule instead."""
+    if device.startswith("cuda"):
+        return 1
+    return int(device == "auto" and shutil.which("nvidia-smi") is not None)
 
 
 def check_targets():

@@ -26,11 +26,11 @@ rule evaluate_clip:
         method=r"[a-z0-9_]+",
     conda:
         "../../envs/torch.yaml"
-    threads: workflow.cores
+    threads: THREADS
     resources:
         mem_mb=4000,
         runtime=30,
-        gpu=1 if config["clip"]["device"].startswith("cuda") else 0,
+        gpu=gpu_request(config["clip"]["device"]),
     params:
         method=lambda wc: wc.method,
         target=lambda wc: target_config(wc.target),

@@ -30,11 +30,11 @@ rule clip_gradients:
         set="forget|retain",
     conda:
         "../../envs/torch.yaml"
-    threads: workflow.cores
+    threads: THREADS
     resources:
         mem_mb=4000,
         runtime=60,
-        gpu=1 if config["clip"]["device"].startswith("cuda") else 0,
+        gpu=gpu_request(config["clip"]["device"]),
     params:
         **KEEP_PARAMS,
         set=lambda wc: wc.set,
@@ -66,6 +66,7 @@ rule layer_analysis:
         "results/benchmarks/layer_analysis/{model}/{target}.tsv"
     conda:
         "../../envs/torch.yaml"
+    threads: THREADS
     resources:
         mem_mb=4000,
         runtime=30,
@@ -90,6 +91,7 @@ rule salun_masks:
         "results/benchmarks/salun_masks/{model}/{target}.tsv"
     conda:
         "../../envs/torch.yaml"
+    threads: THREADS
     resources:
         mem_mb=4000,
         runtime=30,

@@ -66,11 +66,11 @@ if I2I["source"] == "train":
             "results/benchmarks/train_i2i/{model}.tsv"
         conda:
             "../../envs/torch.yaml"
-        threads: workflow.cores
+        threads: THREADS
         resources:
             mem_mb=4000,
             runtime=60,
-            gpu=1 if I2I["device"].startswith("cuda") else 0,
+            gpu=gpu_request(I2I["device"]),
         params:
             adapter=I2I["adapter"],
             model_cfg=I2I["model_cfg"],
@@ -92,6 +92,7 @@ else:
             "results/benchmarks/import_i2i/{model}.tsv"
         conda:
             "../../envs/torch.yaml"
+        threads: THREADS
         resources:
             mem_mb=16000,
             runtime=60,
@@ -120,11 +121,11 @@ rule unlearn_i2i:
         method=r"[a-z0-9_]+",
     conda:
         "../../envs/torch.yaml"
-    threads: workflow.cores
+    threads: THREADS
     resources:
         mem_mb=4000,
         runtime=60,
-        gpu=1 if I2I["device"].startswith("cuda") else 0,
+        gpu=gpu_request(I2I["device"]),
     params:
         method=lambda wc: wc.method,
         params=lambda wc: i2i_method_params(wc.method),
@@ -162,11 +163,11 @@ rule evaluate_i2i:
         method=r"[a-z0-9_]+",
     conda:
         "../../envs/torch.yaml"
-    threads: workflow.cores
+    threads: THREADS
     resources:
         mem_mb=4000,
         runtime=30,
-        gpu=1 if I2I["device"].startswith("cuda") else 0,
+        gpu=gpu_request(I2I["device"]),
     params:
         method=lambda wc: wc.method,
         tasks=I2I["tasks"],

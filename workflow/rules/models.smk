@@ -20,11 +20,11 @@ if config["clip"]["source"] == "train":
             model=one_of([MODEL]),
         conda:
             "../../envs/torch.yaml"
-        threads: workflow.cores
+        threads: THREADS
         resources:
             mem_mb=4000,
             runtime=60,
-            gpu=1 if config["clip"]["device"].startswith("cuda") else 0,
+            gpu=gpu_request(config["clip"]["device"]),
         params:
             model_cfg=config["clip"]["model_cfg"],
             train=config["clip"]["train"],
@@ -46,6 +46,7 @@ else:
             model=one_of([MODEL]),
         conda:
             "../../envs/torch.yaml"
+        threads: THREADS
         resources:
             mem_mb=16000,
             runtime=60,

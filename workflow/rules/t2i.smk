@@ -21,11 +21,11 @@ if config["t2i"]["source"] == "train":
             "results/benchmarks/pretrain_t2i/{t2i}.tsv"
         conda:
             "../../envs/torch.yaml"
-        threads: workflow.cores
+        threads: THREADS
         resources:
             mem_mb=6000,
             runtime=60,
-            gpu=1 if config["t2i"]["device"].startswith("cuda") else 0,
+            gpu=gpu_request(config["t2i"]["device"]),
         params:
             unet_cfg=config["t2i"]["unet_cfg"],
             train=config["t2i"]["train"],
@@ -45,6 +45,7 @@ else:
             "results/benchmarks/export_t2i/{t2i}.tsv"
         conda:
             "../../envs/torch.yaml"
+        threads: THREADS
         resources:
             mem_mb=16000,
             runtime=60,
@@ -71,11 +72,11 @@ rule t2i_salun_masks:
         "results/benchmarks/t2i_salun_masks/{t2i}/{target}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: workflow.cores
+    threads: THREADS
     resources:
         mem_mb=4000,
         runtime=60,
-        gpu=1 if config["t2i"]["device"].startswith("cuda") else 0,
+        gpu=gpu_request(config["t2i"]["device"]),
     params:
         fractions=config["t2i"]["masks"]["fractions"],
         batch_size=config["t2i"]["masks"]["batch_size"],
@@ -105,11 +106,11 @@ rule unlearn_t2i:
         method=one_of(T2I_METHODS),
     conda:
         "../../envs/torch.yaml"
-    threads: workflow.cores
+    threads: THREADS
     resources:
         mem_mb=6000,
         runtime=120,
-        gpu=1 if config["t2i"]["device"].startswith("cuda") else 0,
+        gpu=gpu_request(config["t2i"]["device"]),
     params:
         method=lambda wc: wc.method,
         params=lambda wc: t2i_method_params(wc.method),
@@ -152,11 +153,11 @@ rule generate_t2i:
         method=one_of(["base"] + T2I_METHODS),
     conda:
         "../../envs/torch.yaml"
-    threads: workflow.cores
+    threads: THREADS
     resources:
         mem_mb=4000,
         runtime=60,
-        gpu=1 if config["t2i"]["device"].startswith("cuda") else 0,
+        gpu=gpu_request(config["t2i"]["device"]),
     params:
         target=lambda wc: target_config(wc.target),
         concepts=t2i_concepts(),
@@ -183,6 +184,7 @@ rule evaluate_t2i:
         method=one_of(["base"] + T2I_METHODS),
     conda:
         "../../envs/torch.yaml"
+    threads: THREADS
     resources:
         mem_mb=4000,
         runtime=30,

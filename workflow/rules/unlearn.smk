@@ -20,11 +20,11 @@ rule unlearn_clip:
         method=r"[a-z0-9_]+",
     conda:
         "../../envs/torch.yaml"
-    threads: workflow.cores
+    threads: THREADS
     resources:
         mem_mb=4000,
         runtime=120,
-        gpu=1 if config["clip"]["device"].startswith("cuda") else 0,
+        gpu=gpu_request(config["clip"]["device"]),
     params:
         method=lambda wc: wc.method,
         params=lambda wc: method_params(wc.method),

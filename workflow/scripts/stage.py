@@ -7,6 +7,10 @@ from pathlib import Path
 # torch's OpenMP threads busy-wait by default: beside another job on the same
 # cores that made a training step 13x slower. Set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Exactly the job's threads (torch reads these when it starts its pools), so
+# that jobs side by side never oversubscribe the cores Snakemake gave them.
+for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[var] = str(snakemake.threads)  # noqa: F821
 
 # The library beside this workflow, so a checkout runs its own code.
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821
