@@ -109,6 +109,10 @@ def test_forget_and_retain_sets_by_class_and_the_proxy_pool(tmp_path):
     assert all(lab.startswith("star /") for lab in labels("proxy"))  # styled retain objects only
     # pictures are lossless PNG: the ground truth is exact
     assert next(iter(iter_samples(out["forget"]))).files["png"][:4] == b"\x89PNG"
+    # unlearn_per_class keeps the first pictures of each class (test sets whole)
+    capped = objects.split_sets(inp, out, spec, ["ball", "kite"], ["star"], {"pool": "styles", "size": 4}, per_class=2)
+    assert capped["counts"] == {"forget": 4, "retain": 2, "test_forget": 4, "test_retain": 2, "proxy": 4}
+    assert sorted(s.key for s in iter_samples(out["retain"])) == ["i2i_train_003_00000", "i2i_train_003_00001"]
     with pytest.raises(UnlearnflowError, match="i2i.forget_classes: \\['kyte'\\] not among the objects"):
         objects.split_sets(inp, out, spec, ["kyte"], ["star"], {"pool": "styles", "size": 4})
     with pytest.raises(UnlearnflowError, match="\\['star'\\] are in both"):

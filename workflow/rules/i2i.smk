@@ -49,6 +49,7 @@ rule i2i_sets:
         forget_classes=I2I["forget_classes"],
         retain_classes=I2I["retain_classes"],
         proxy={"pool": I2I["data"]["proxy_pool"], "size": I2I["data"]["proxy_size"]},
+        per_class=I2I["data"]["unlearn_per_class"],
     script:
         "../scripts/stage.py"
 

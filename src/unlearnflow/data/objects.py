@@ -104,20 +104,40 @@ def write_images(spec: SyntheticSpec, per_class: dict, out: dict) -> dict:
     return info
 
 
-def split_sets(inp: dict, out: dict, spec: SyntheticSpec | None, forget_classes, retain_classes, proxy: dict) -> dict:
-    """Write forget/retain/test_forget/test_retain (by class) and the proxy set."""
+def split_sets(
+    inp: dict,
+    out: dict,
+    spec: SyntheticSpec | None,
+    forget_classes,
+    retain_classes,
+    proxy: dict,
+    per_class: int | None = None,
+) -> dict:
+    """Write forget/retain/test_forget/test_retain (by class) and the proxy set.
+
+    ``per_class``: the forget and retain sets take the first that many
+    training pictures of each class (the paper unlearns with 120 per class
+    of a model trained on more); None takes them all. Test sets are whole.
+    """
     classes = read_json(inp["classes"])["classes"]
     check_split(classes, forget_classes, retain_classes)
+    if per_class is not None and int(per_class) < 1:
+        raise UnlearnflowError(f"i2i.data.unlearn_per_class: {per_class} < 1")
     counts = {}
     for source, names in (("train", ("forget", "retain")), ("test", ("test_forget", "test_retain"))):
         wanted = {names[0]: set(forget_classes), names[1]: set(retain_classes)}
+        cap = per_class if source == "train" else None
+        taken: dict = {}
         with contextlib.ExitStack() as stack:  # an error removes every half-written tar
             writers = {name: stack.enter_context(ShardWriter(out[name])) for name in names}
             for s in iter_samples(inp[source]):
                 label = s.meta.get("label")
+                if cap is not None and taken.get(label, 0) >= int(cap):
+                    continue
                 for name, keep in wanted.items():
                     if label in keep:
                         writers[name].write(s)
+                        taken[label] = taken.get(label, 0) + 1
             for name, w in writers.items():
                 if not w.count:
                     raise UnlearnflowError(f"{inp[source]}: no pictures of the {name} classes {sorted(wanted[name])}")
@@ -132,6 +152,7 @@ def split_sets(inp: dict, out: dict, spec: SyntheticSpec | None, forget_classes,
         "forget_classes": list(forget_classes),
         "retain_classes": list(retain_classes),
         "proxy_pool": proxy["pool"],
+        "unlearn_per_class": per_class,
         "counts": counts,
     }
     write_json(out["summary"], summary)
@@ -149,5 +170,7 @@ def images_stage(inp: dict, out: dict, params: dict) -> None:
 def sets_stage(inp: dict, out: dict, params: dict) -> None:
     """Rule ``i2i_sets``."""
     spec = SyntheticSpec.from_params(params["synthetic"])
-    summary = split_sets(inp, out, spec, params["forget_classes"], params["retain_classes"], params["proxy"])
+    summary = split_sets(
+        inp, out, spec, params["forget_classes"], params["retain_classes"], params["proxy"], params.get("per_class")
+    )
     print(json.dumps(summary["counts"]))
