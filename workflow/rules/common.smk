@@ -289,6 +289,10 @@ def table_views():
 
 # ---------------------------------------------------------- text-to-image
 T2I = config["t2i"]["name"]
+# The diffusion chain (training, masks, unlearning, generation, scoring) is
+# the longest of the default DAG: scheduled before other ready jobs, it does
+# not end the run alone on one core while the other idles.
+T2I_PRIORITY = 10
 T2I_METHODS = list(config["t2i"]["run_methods"])
 if T2I_TARGETS:
     REPORT_TABLES["t2i_unlearning"] = (

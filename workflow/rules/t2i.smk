@@ -19,6 +19,7 @@ if config["t2i"]["source"] == "train":
             "logs/pretrain_t2i/{t2i}.log",
         benchmark:
             "results/benchmarks/pretrain_t2i/{t2i}.tsv"
+        priority: T2I_PRIORITY
         conda:
             "../../envs/torch.yaml"
         threads: THREADS
@@ -70,6 +71,7 @@ rule t2i_salun_masks:
         "logs/t2i_salun_masks/{t2i}/{target}.log",
     benchmark:
         "results/benchmarks/t2i_salun_masks/{t2i}/{target}.tsv"
+    priority: T2I_PRIORITY
     conda:
         "../../envs/torch.yaml"
     threads: THREADS
@@ -104,6 +106,7 @@ rule unlearn_t2i:
         "results/benchmarks/unlearn_t2i/{t2i}/{target}/{method}.tsv"
     wildcard_constraints:
         method=one_of(T2I_METHODS),
+    priority: T2I_PRIORITY
     conda:
         "../../envs/torch.yaml"
     threads: THREADS
@@ -151,6 +154,7 @@ rule generate_t2i:
         "results/benchmarks/generate_t2i/{t2i}/{target}/{method}.tsv"
     wildcard_constraints:
         method=one_of(["base"] + T2I_METHODS),
+    priority: T2I_PRIORITY
     conda:
         "../../envs/torch.yaml"
     threads: THREADS
@@ -182,6 +186,7 @@ rule evaluate_t2i:
         "results/benchmarks/evaluate_t2i/{t2i}/{target}/{method}.tsv"
     wildcard_constraints:
         method=one_of(["base"] + T2I_METHODS),
+    priority: T2I_PRIORITY
     conda:
         "../../envs/torch.yaml"
     threads: THREADS
