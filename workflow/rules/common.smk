@@ -21,8 +21,9 @@ THREADS = config["threads"]
 
 def gpu_request(device):
     """1 for a job that will run on a GPU (device cuda*, or auto where the
-    NVIDIA driver's nvidia-smi is installed), so that `--resources gpu=1` keeps GPU jobs one at
-    a time; 0 for CPU jobs. A cluster profile sets it per rule instead."""
+    NVIDIA driver's nvidia-smi is installed), so that `--resources gpu=1`
+    keeps GPU jobs one at a time; 0 for CPU jobs. A cluster profile sets it
+    per rule instead."""
     if device.startswith("cuda"):
         return 1
     return int(device == "auto" and shutil.which("nvidia-smi") is not None)

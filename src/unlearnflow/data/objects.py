@@ -126,13 +126,13 @@ def split_sets(
     counts = {}
     for source, names in (("train", ("forget", "retain")), ("test", ("test_forget", "test_retain"))):
         wanted = {names[0]: set(forget_classes), names[1]: set(retain_classes)}
-        cap = per_class if source == "train" else None
+        cap = int(per_class) if source == "train" and per_class is not None else None
         taken: dict = {}
         with contextlib.ExitStack() as stack:  # an error removes every half-written tar
             writers = {name: stack.enter_context(ShardWriter(out[name])) for name in names}
             for s in iter_samples(inp[source]):
                 label = s.meta.get("label")
-                if cap is not None and taken.get(label, 0) >= int(cap):
+                if cap is not None and taken.get(label, 0) >= cap:
                     continue
                 for name, keep in wanted.items():
                     if label in keep:
