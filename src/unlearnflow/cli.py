@@ -23,44 +23,7 @@ import traceback
 from typing import Callable
 
 from .io import UnlearnflowError
-
-# rule name -> "module:function"; a rule's name leads to its code in one step
-STAGES: dict[str, str] = {
-    "synthetic_shard": "unlearnflow.data.synthetic:shard_stage",
-    "synthetic_eval_set": "unlearnflow.data.synthetic:eval_stage",
-    "laion_metadata": "unlearnflow.data.laion:metadata_stage",
-    "laion_shard_metadata": "unlearnflow.data.laion:shard_metadata_stage",
-    "laion_images": "unlearnflow.data.laion:images_stage",
-    "ingest_eval_set": "unlearnflow.data.ingest:eval_stage",
-    "select_sets": "unlearnflow.data.select:select_stage",
-    "pretrain_clip": "unlearnflow.models.clip:pretrain_stage",
-    "export_clip": "unlearnflow.models.clip:export_stage",
-    "clip_gradients": "unlearnflow.gradients:gradients_stage",
-    "layer_analysis": "unlearnflow.layers:analysis_stage",
-    "unlearn_clip": "unlearnflow.methods:unlearn_stage",
-    "evaluate_clip": "unlearnflow.metrics.clip_eval:evaluate_stage",
-    "clip_table": "unlearnflow.tables:clip_table_stage",
-    "clip_tradeoff": "unlearnflow.plots:tradeoff_stage",
-    "salun_masks": "unlearnflow.masks:masks_stage",
-    "slug_search_plot": "unlearnflow.plots:search_trace_stage",
-    "costs_table": "unlearnflow.tables:costs_stage",
-    "table_html": "unlearnflow.tables:html_stage",
-    "pretrain_t2i": "unlearnflow.models.diffusion:pretrain_stage",
-    "export_t2i": "unlearnflow.models.diffusion:export_stage",
-    "t2i_salun_masks": "unlearnflow.methods.t2i_salun:masks_stage",
-    "unlearn_t2i": "unlearnflow.methods.t2i:unlearn_t2i_stage",
-    "generate_t2i": "unlearnflow.generate:generate_stage",
-    "evaluate_t2i": "unlearnflow.metrics.t2i_eval:evaluate_stage",
-    "t2i_table": "unlearnflow.tables:t2i_table_stage",
-    "i2i_images": "unlearnflow.data.objects:images_stage",
-    "i2i_sets": "unlearnflow.data.objects:sets_stage",
-    "train_i2i": "unlearnflow.models.i2i:train_stage",
-    "import_i2i": "unlearnflow.models.i2i:import_stage",
-    "unlearn_i2i": "unlearnflow.methods.i2i:unlearn_i2i",
-    "evaluate_i2i": "unlearnflow.metrics.i2i_eval:evaluate_stage",
-    "i2i_table": "unlearnflow.metrics.i2i_eval:table_stage",
-    "i2i_tsne": "unlearnflow.metrics.i2i_eval:tsne_stage",
-}
+from .registry import STAGES  # rule name -> "module:function"
 
 
 def get_stage(name: str) -> Callable[[dict, dict, dict], None]:
@@ -71,14 +34,89 @@ def get_stage(name: str) -> Callable[[dict, dict, dict], None]:
 
 
 def run_stage(name: str, inp: dict, out: dict, params: dict) -> None:
+    from . import provenance
+
     stage = get_stage(name)
     t0 = time.time()
     logging.getLogger("unlearnflow").info("stage %s started", name)
-    stage(inp, out, params)
+    with provenance.running(name, dict(dict.items(params))):
+        stage(inp, out, params)
     # torch's threads as the stage ran them (the rule's `threads`, via stage.py)
     torch = sys.modules.get("torch")
     threads = f", torch threads {torch.get_num_threads()}" if torch is not None else ""
     logging.getLogger("unlearnflow").info("stage %s finished in %.1f s%s", name, time.time() - t0, threads)
+
+
+class Names(dict):
+    """A rule's inputs, outputs or params as a stage sees them, recording
+    which names the stage reads (``[]``, ``get``, ``in``) and which names it
+    asks ``get`` for that the rule does not provide. Iterating over it counts
+    as reading every name."""
+
+    def __init__(self, data: dict, what: str):
+        super().__init__(data)
+        self.what = what
+        self.read: set = set()
+        self.missing: set = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        (self.read if super().__contains__(key) else self.missing).add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key):
+        if super().__contains__(key):
+            self.read.add(key)
+        return super().__contains__(key)
+
+    def _all(self):
+        self.read.update(super().keys())
+
+    def __iter__(self):
+        self._all()
+        return super().__iter__()
+
+    def keys(self):
+        self._all()
+        return super().keys()
+
+    def items(self):
+        self._all()
+        return super().items()
+
+    def values(self):
+        self._all()
+        return super().values()
+
+    def copy(self):
+        self._all()
+        return dict(dict.items(self))
+
+
+# params every rule passes that a stage need not read: its threads (set by
+# stage.py) and the code fingerprint (a rerun trigger)
+CONTRACT_EXEMPT = {"threads", "code"}
+
+
+def contract_problems(rule: str, inp: Names, out: Names, params: Names, resources: dict) -> list[str]:
+    """What breaks the rule <-> stage contract: params the rule passes but
+    the stage never reads (each a pointless rerun trigger), params the stage
+    looks up that the rule does not pass (a silent default), a torch device
+    without a ``gpu`` resource."""
+    problems = []
+    unused = sorted(set(dict.keys(params)) - params.read - CONTRACT_EXEMPT)
+    if unused:
+        problems.append(f"params {unused} are passed by rule {rule} but never read by its stage")
+    if params.missing:
+        problems.append(f"params {sorted(params.missing)} are read by the stage but not passed by rule {rule}")
+    if dict.__contains__(params, "device") and "gpu" not in resources:
+        problems.append(f"rule {rule} runs on a device but has no gpu resource (common.smk: gpu_request)")
+    if "code" not in dict.keys(params):
+        problems.append(f"rule {rule} has no code fingerprint param (code=code_of(...))")
+    return problems
 
 
 def _plain(value):
@@ -121,13 +159,23 @@ def _log_to(path: str | None):
 
 
 def run_from_snakemake(smk) -> None:
-    """Run the stage named like the rule, with the rule's input/output/params."""
+    """Run the stage named like the rule, with the rule's input/output/params.
+
+    Afterwards the rule <-> stage contract is checked (:func:`contract_problems`):
+    a warning in the log, an error when ``UNLEARNFLOW_CONTRACT=strict`` (the
+    test suite's setting)."""
     log = smk.log[0] if len(smk.log) else None
     term = _log_to(log)
     try:
         params = _named(smk.params)
         params.setdefault("threads", smk.threads)
-        run_stage(smk.rule, _named(smk.input), _named(smk.output), params)
+        inp, out, params = Names(_named(smk.input), "input"), Names(_named(smk.output), "output"), Names(params, "params")
+        run_stage(smk.rule, inp, out, params)
+        problems = contract_problems(smk.rule, inp, out, params, dict(smk.resources.items()))
+        for p in problems:
+            logging.getLogger("unlearnflow").warning("contract: %s", p)
+        if problems and os.environ.get("UNLEARNFLOW_CONTRACT") == "strict":
+            raise UnlearnflowError("; ".join(problems))
     except UnlearnflowError as exc:
         traceback.print_exc()
         print(f"unlearnflow: error in rule {smk.rule}: {exc}", file=term)

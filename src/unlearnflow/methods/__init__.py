@@ -7,7 +7,9 @@ tensors it changed. The registry is keyed by model family (``clip``, ``t2i``
 for text-to-image diffusion, ``i2i`` for image-to-image models), since each
 family has its own context; one rule per family (``unlearn_clip``,
 ``unlearn_t2i``, ``unlearn_i2i``) is generic over ``{method}``. Adding a
-method is one module here plus one entry in ``METHODS`` and in the config.
+method is one module here plus one entry in ``METHODS`` (in
+:mod:`unlearnflow.registry`, torch-free so the Snakefile can read it) and in
+the config.
 """
 
 from __future__ import annotations
@@ -19,29 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..io import UnlearnflowError
-
-METHODS: dict[str, dict[str, str]] = {
-    "clip": {
-        "slug": "unlearnflow.methods.slug",
-        "ft": "unlearnflow.methods.ft",
-        "ga": "unlearnflow.methods.ga",
-        "ga_ft": "unlearnflow.methods.ga_ft",
-        "salun": "unlearnflow.methods.salun",
-        "ssd": "unlearnflow.methods.ssd",
-    },
-    "t2i": {
-        "slug": "unlearnflow.methods.t2i_slug",
-        "salun": "unlearnflow.methods.t2i_salun",
-    },
-    "i2i": {  # methods/i2i/: Li et al. (ICLR 2024) and its four baselines
-        "li": "unlearnflow.methods.i2i.li",
-        "li_proxy": "unlearnflow.methods.i2i.li_proxy",
-        "max_loss": "unlearnflow.methods.i2i.max_loss",
-        "noisy_label": "unlearnflow.methods.i2i.noisy_label",
-        "retain_label": "unlearnflow.methods.i2i.retain_label",
-        "random_encoder": "unlearnflow.methods.i2i.random_encoder",
-    },
-}
+from ..registry import METHODS  # family -> method -> module
 
 
 @dataclass
@@ -81,6 +61,7 @@ def unlearn_stage(inp: dict, out: dict, params: dict) -> None:
 
     import torch
 
+    from .. import provenance
     from ..io import write_json, write_parquet
     from ..metrics.clip_eval import eval_sets_from
     from ..models.clip import load_clip, resolve_device
@@ -106,19 +87,27 @@ def unlearn_stage(inp: dict, out: dict, params: dict) -> None:
     t0 = time.time()
     result = module.run(ctx, params.get("params", {}))
     seconds = time.time() - t0
-    save_delta(out["delta"], result.tensors, method=method, base=bundle.info.get("fingerprint", ""))
+    base = bundle.info.get("fingerprint", "")
+    prov = provenance.this_job(method=method, target=params["target"]["id"], seed=ctx.seed, base_fingerprint=base)
+    save_delta(out["delta"], result.tensors, method=method, base=base, provenance=prov)
     write_parquet(out["trace"], result.trace if len(result.trace.columns) else pd.DataFrame({"probe": []}))
-    info = {"method": method, "target": params["target"], "seconds": seconds, **result.info}
+    info = {"method": method, "target": params["target"], "seconds": seconds, **result.info, "provenance": prov}
     info["changed_tensors"] = sorted(result.tensors)
     write_json(out["info"], info)
     print(f"{method}: changed {len(result.tensors)} tensor(s) in {seconds:.1f} s")
 
 
-def save_delta(path, tensors: dict, *, method: str, base: str) -> None:
-    """Only the changed tensors, as full replacement values (bit-exact reload)."""
+def save_delta(path, tensors: dict, *, method: str, base: str, provenance: dict | None = None, **meta_extra) -> None:
+    """Only the changed tensors, as full replacement values (bit-exact reload);
+    the metadata names the method, the base model and the job that made it
+    (``provenance``, read back by :func:`unlearnflow.provenance.delta_provenance`)."""
+    import json
+
     from ..io import save_tensors
 
     if not tensors:
         raise UnlearnflowError(f"{method}: the method changed no tensor")
-    meta = {"format": "unlearnflow.delta/1", "method": method, "base_fingerprint": base, "kind": "replace"}
+    meta = {"format": "unlearnflow.delta/1", "method": method, "base_fingerprint": base, "kind": "replace", **meta_extra}
+    if provenance is not None:
+        meta["provenance"] = json.dumps(provenance, sort_keys=True, default=str)
     save_tensors(path, tensors, meta)
