@@ -97,7 +97,7 @@ def generate_stage(inp: dict, out: dict, params: dict) -> None:
         torch.set_num_threads(int(params["threads"]))
     model_dir = Path(inp["model"]).parent
     bundle = load_t2i(model_dir, device=resolve_device(params.get("device", "auto")), delta=inp.get("delta"))
-    sets = prompt_sets(params["target"], params["concepts"], seeds=list(params["seeds"]))
+    sets = prompt_sets(params["target"], params["concepts"], seeds=list(params["sampling"]["seeds"]))
     t0 = time.time()
     rows = []
     for name, table in sets.items():

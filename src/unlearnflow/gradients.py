@@ -293,8 +293,8 @@ def compute_set_gradients(
 
 
 def gradients_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``clip_gradients``. ``keep`` and ``candidates`` (the layer
-    filter) are passed only when ``gradients.keep`` is not ``all``."""
+    """Rule ``clip_gradients``. ``candidates`` (the layer filter) is None
+    when ``keep`` is ``all``."""
     meta = compute_set_gradients(
         Path(inp["config"]).parent,
         inp["tar"],

@@ -190,5 +190,5 @@ def search_trace_stage(inp: dict, out: dict, params: dict) -> None:
     info = read_json(inp["info"])
     if len(trace) and "lam" not in trace.columns:
         raise InputFileError(inp["trace"], f"not a step-size search trace (columns {list(trace.columns)})")
-    search_trace_plot(trace, info, out["png"], params.get("title"))
+    search_trace_plot(trace, info, out["png"], params["title"])
     print(f"wrote {out['png']}: {len(trace)} probes")

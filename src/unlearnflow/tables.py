@@ -13,9 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from .io import InputFileError, atomic_path, read_json
+from . import provenance
+from .io import InputFileError, atomic_path, read_json, write_json
 
-CLIP_COLUMNS = ["target", "method", "fa1", "fa5", "identity_acc1", "test_acc1", "mia", "seconds", "peak_mem_mb"]
+# every results table ends with `provenance`: the id of the record that made
+# the row (results/provenance.json; a mean row: the ids it averages)
+CLIP_COLUMNS = ["target", "method", "fa1", "fa5", "identity_acc1", "test_acc1", "mia", "seconds", "peak_mem_mb", "provenance"]
 
 
 def read_benchmark(path) -> dict:
@@ -45,17 +48,45 @@ def clip_table(records: list[dict], costs: dict) -> pd.DataFrame:
     rows = []
     for r in records:
         c = method_cost(costs.get(r["target"], {}).get(r["method"], []))
-        rows.append({k: r.get(k) for k in CLIP_COLUMNS if k not in c} | c)
+        rows.append({k: r.get(k) for k in CLIP_COLUMNS if k not in c} | c | {"provenance": r.get("provenance_id")})
     df = pd.DataFrame(rows, columns=CLIP_COLUMNS)
     order = {m: i for i, m in enumerate(["original"] + sorted(set(df["method"]) - {"original"}))}
     df = df.sort_values(["target", "method"], key=lambda s: s.map(order) if s.name == "method" else s)
     mean = df.groupby("method", sort=False).mean(numeric_only=True).reset_index()
     mean.insert(0, "target", "mean")
     mean = mean.sort_values("method", key=lambda s: s.map(order))
-    return pd.concat([df, mean[CLIP_COLUMNS]], ignore_index=True)
+    aggregates = {}
+    ids = []
+    for method in mean["method"]:
+        members = [i for i in df.loc[df["method"] == method, "provenance"] if isinstance(i, str)]
+        pid, rec = provenance.aggregate(members, "mean over targets") if members else (None, None)
+        if pid is not None:
+            aggregates[pid] = rec
+        ids.append(pid)
+    mean["provenance"] = ids
+    out = pd.concat([df, mean[CLIP_COLUMNS]], ignore_index=True)
+    out.attrs["provenance"] = aggregates
+    return out
 
 
-T2I_COLUMNS = ["target", "method", "ua", "ira", "cra", "fid", "kid", "is", "clip_score", "seconds", "peak_mem_mb", "storage_mb", "feature_net"]
+def write_provenance(path, records: list[dict], df: pd.DataFrame) -> None:
+    """{id: record} of every row of a table (``{table}.provenance.json``,
+    merged into results/provenance.json); a row without a record is an
+    error, since its numbers could come from anywhere."""
+    known = provenance.table_provenance(records) | df.attrs.get("provenance", {})
+    lacking = [i for i, pid in enumerate(df["provenance"]) if not isinstance(pid, str) or pid not in known]
+    if lacking:
+        row = df.iloc[lacking[0]]
+        raise InputFileError(
+            path,
+            f"{len(lacking)} row(s) have no provenance record, e.g. {dict(row.drop('provenance'))}: their "
+            "metrics records predate provenance; rerun their evaluation (snakemake --forcerun evaluate_clip "
+            "evaluate_t2i evaluate_i2i)",
+        )
+    write_json(path, {pid: known[pid] for pid in dict.fromkeys(df["provenance"])})
+
+
+T2I_COLUMNS = ["target", "method", "ua", "ira", "cra", "fid", "kid", "is", "clip_score", "seconds", "peak_mem_mb", "storage_mb", "feature_net", "provenance"]
 
 
 def t2i_table(records: list[dict], costs: dict) -> pd.DataFrame:
@@ -67,6 +98,7 @@ def t2i_table(records: list[dict], costs: dict) -> pd.DataFrame:
         c = method_cost(costs.get(r["target"], {}).get(r["method"], []))
         row = {k: r.get(k) for k in T2I_COLUMNS if k not in c} | c
         row["storage_mb"] = r.get("storage_mb", float("nan"))
+        row["provenance"] = r.get("provenance_id")
         rows.append(row)
     df = pd.DataFrame(rows, columns=T2I_COLUMNS)
     order = {m: i for i, m in enumerate(["original"] + sorted(set(df["method"]) - {"original"}))}
@@ -84,6 +116,7 @@ def t2i_table_stage(inp: dict, out: dict, params: dict) -> None:
     nets = sorted(set(df["feature_net"].dropna()))
     write_tables(df, out["csv"], out["md"], out["tex"],
                  f"Text-to-image unlearning (FID / KID / IS / CLIP score in the feature space of {', '.join(nets)})")
+    write_provenance(out["provenance"], records, df)
     print(df.to_markdown(index=False, floatfmt=".2f"))
 
 
@@ -107,6 +140,7 @@ def clip_table_stage(inp: dict, out: dict, params: dict) -> None:
         records.append(r)
     df = clip_table(records, params["costs"])
     write_tables(df, out["csv"], out["md"], out["tex"], params.get("caption", "CLIP unlearning"))
+    write_provenance(out["provenance"], records, df)
     print(df.to_markdown(index=False, floatfmt=".2f"))
 
 

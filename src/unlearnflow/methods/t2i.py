@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..io import UnlearnflowError
 
 
 @dataclass
@@ -23,7 +22,7 @@ class T2IContext:
     bundle: object  # models.diffusion.T2IBundle of the base model
     target: dict
     concepts: dict  # {identities|objects|styles: [names]}
-    sampling: dict  # steps, guidance, batch_size
+    sampling: dict  # what a search generates with: {guidance} (never the evaluation seeds)
     forget_tar: Path | None = None
     retain_tar: Path | None = None
     clip_dir: Path | None = None  # the CLIP whose text tower is the text encoder
@@ -38,11 +37,12 @@ def unlearn_t2i_stage(inp: dict, out: dict, params: dict) -> None:
     """Rule ``unlearn_t2i``: one method on one target from the base model."""
     import torch
 
-    from ..io import save_tensors, write_json, write_parquet
+    from .. import provenance
+    from ..io import write_json, write_parquet
     from ..metrics.t2i_eval import eval_sets_of
     from ..models.clip import resolve_device
     from ..models.diffusion import load_t2i
-    from . import get_method
+    from . import get_method, save_delta
 
     if params.get("threads"):
         torch.set_num_threads(int(params["threads"]))
@@ -55,7 +55,7 @@ def unlearn_t2i_stage(inp: dict, out: dict, params: dict) -> None:
         bundle=bundle,
         target=params["target"],
         concepts=params["concepts"],
-        sampling=params["sampling"],
+        sampling={"guidance": float(params["guidance"])},
         forget_tar=inp.get("forget"),
         retain_tar=inp.get("retain"),
         clip_dir=Path(inp["clip_config"]).parent if inp.get("clip_config") else None,
@@ -68,19 +68,11 @@ def unlearn_t2i_stage(inp: dict, out: dict, params: dict) -> None:
     t0 = time.time()
     result = module.run(ctx, params.get("params", {}))
     seconds = time.time() - t0
-    if not result.tensors:
-        raise UnlearnflowError(f"{method}: the method changed no tensor")
+    base = bundle.info.get("fingerprint", "")
+    prov = provenance.this_job(method=method, target=params["target"]["id"], seed=seed, base_fingerprint=base)
     naming = result.info.get("naming", "components")
-    meta = {
-        "format": "unlearnflow.delta/1",
-        "method": method,
-        "family": "t2i",
-        "naming": naming,
-        "base_fingerprint": bundle.info.get("fingerprint", ""),
-        "kind": "replace",
-    }
-    save_tensors(out["delta"], result.tensors, meta)
+    save_delta(out["delta"], result.tensors, method=method, base=base, provenance=prov, family="t2i", naming=naming)
     write_parquet(out["trace"], result.trace if len(result.trace.columns) else pd.DataFrame({"probe": []}))
     write_json(out["info"], {"method": method, "target": params["target"], "seconds": seconds, **result.info,
-                             "changed_tensors": sorted(result.tensors)})
+                             "changed_tensors": sorted(result.tensors), "provenance": prov})
     print(f"{method}: changed {len(result.tensors)} tensor(s) in {seconds:.1f} s")

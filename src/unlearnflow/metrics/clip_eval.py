@@ -122,6 +122,7 @@ def evaluate_stage(inp: dict, out: dict, params: dict) -> None:
 
     import torch
 
+    from .. import provenance
     from ..io import write_json
     from ..models.clip import load_clip, resolve_device
     from .mia import encode_pairs, mia_accuracy
@@ -134,7 +135,8 @@ def evaluate_stage(inp: dict, out: dict, params: dict) -> None:
     record = suite.evaluate(bundle.model, bundle.tokenizer, device)
     members = encode_pairs(bundle.model, bundle.tokenizer, inp["forget"], bundle.preprocess, device=device)
     nonmembers = encode_pairs(bundle.model, bundle.tokenizer, inp["heldout"], bundle.preprocess, device=device)
-    mia = mia_accuracy(members, nonmembers, seeds=range(int(params.get("mia_seeds", 10))))
+    mia_seeds = list(range(int(params["mia_seeds"])))
+    mia = mia_accuracy(members, nonmembers, seeds=mia_seeds)
     record.update(
         mia=mia["mean"],
         mia_std=mia["std"],
@@ -145,5 +147,10 @@ def evaluate_stage(inp: dict, out: dict, params: dict) -> None:
         model_fingerprint=bundle.info.get("fingerprint", ""),
         delta=str(inp.get("delta") or ""),
     )
-    write_json(out["json"], record)
+    prov = provenance.evaluation_record(
+        model_fingerprint=bundle.info.get("fingerprint", ""),
+        delta=inp.get("delta"),
+        seeds={"train": provenance.train_seed(bundle.info), "mia": mia_seeds},
+    )
+    write_json(out["json"], provenance.stamp(record, prov))
     print({k: record[k] for k in ("method", "target", *METRICS, "mia")})

@@ -37,7 +37,7 @@ import pandas as pd
 from ..io import UnlearnflowError, atomic_path, load_tensors, read_json, save_tensors, write_json
 
 SPLITS = ("forget", "retain")
-TABLE_COLUMNS = ["method", "task", "fid_forget", "is_forget", "clip_forget", "fid_retain", "is_retain", "clip_retain", "seconds"]
+TABLE_COLUMNS = ["method", "task", "fid_forget", "is_forget", "clip_forget", "fid_retain", "is_retain", "clip_retain", "seconds", "provenance"]
 FID_IS_COLUMNS = ["checkpoint", "FID_R", "ISmean_R", "ISstd_R", "FID_F", "ISmean_F", "ISstd_F"]
 CLIP_COLUMNS = ["checkpoint", "CLIP_R", "CLIP_F"]
 
@@ -101,6 +101,7 @@ def evaluate_stage(inp: dict, out: dict, params: dict) -> None:
     """Rule ``evaluate_i2i``: the original (method ``base``) or base + delta."""
     import torch
 
+    from .. import provenance
     from ..models.clip import resolve_device
     from ..models.i2i import load_i2i, load_images, model_fingerprint, parse_tasks
     from .images import image_grid
@@ -138,6 +139,13 @@ def evaluate_stage(inp: dict, out: dict, params: dict) -> None:
         "images": {s: len(x) for s, x in sets.items()},
         "rows": rows,
     }
+    prov = provenance.evaluation_record(
+        model_fingerprint=record["base_fingerprint"],
+        delta=inp.get("delta"),
+        seeds={"train": provenance.train_seed(read_json(inp["info"]))},
+        feature_net={"features": net.name, "fid_network": fid_net.name, **(params.get("features") or {})},
+    )
+    record = provenance.stamp(record, prov)
     save_tensors(out["embeddings"], embeddings, {"format": "unlearnflow.i2i_embeddings/1", "method": method, "features": net.name})
     img = image_grid(torch.cat(grid_rows), nrow=max(len(r) for r in grid_rows), upscale=2)
     with atomic_path(out["grid"], suffix=".png") as tmp:
@@ -162,6 +170,7 @@ def i2i_table(records: list[dict], seconds: dict) -> pd.DataFrame:
             for s in SPLITS:
                 row |= {f"fid_{s}": splits[s]["fid"], f"is_{s}": splits[s]["is_mean"], f"clip_{s}": splits[s]["clip"]}
             row["seconds"] = seconds.get(r["method"], float("nan"))
+            row["provenance"] = r.get("provenance_id")
             rows.append(row)
     df = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     methods = list(dict.fromkeys(["original"] + [r["method"] for r in records]))
@@ -193,7 +202,7 @@ def reference_tables(records: list[dict], tasks: list[dict], model: str) -> tupl
 
 def table_stage(inp: dict, out: dict, params: dict) -> None:
     """Rule ``i2i_table``."""
-    from ..tables import read_benchmark, write_tables
+    from ..tables import read_benchmark, write_provenance, write_tables
 
     evals = inp["evals"] if isinstance(inp["evals"], list) else [inp["evals"]]
     records = [read_json(p) for p in evals]
@@ -204,6 +213,7 @@ def table_stage(inp: dict, out: dict, params: dict) -> None:
         seconds[Path(path).stem] = read_benchmark(path)["seconds"]
     df = i2i_table(records, seconds)
     write_tables(df, out["csv"], out["md"], out["tex"], params.get("caption", "Image-to-image unlearning"))
+    write_provenance(out["provenance"], records, df)
     fid_is, clip = reference_tables(records, params["tasks"], params["model"])
     for frame, key in ((fid_is, "fid_is"), (clip, "clip_cosine")):
         with atomic_path(out[key], suffix=".csv") as tmp:

@@ -156,6 +156,7 @@ def feature_net_from(params: dict, inp: dict, device) -> im.FeatureNet:
 
 def evaluate_stage(inp: dict, out: dict, params: dict) -> None:
     """Rule ``evaluate_t2i``: one flat record per (target, method)."""
+    from .. import provenance
     from ..models.clip import load_clip, resolve_device
 
     if params.get("threads"):
@@ -163,11 +164,22 @@ def evaluate_stage(inp: dict, out: dict, params: dict) -> None:
     device = resolve_device(params.get("device", "auto"))
     clip_bundle = load_clip(Path(inp["clip_config"]).parent, device=device)
     net = feature_net_from(params, inp, device)
-    record = evaluate_generations(read_parquet(inp["prompts"]), params["target"], clip_bundle, net, eval_sets_of(inp))
+    prompts = read_parquet(inp["prompts"])
+    record = evaluate_generations(prompts, params["target"], clip_bundle, net, eval_sets_of(inp))
     record.update(target=params["target"]["id"], method=params["method"])
     if inp.get("info"):
         record["method_seconds"] = read_json(inp["info"]).get("seconds")
     if inp.get("delta"):
         record["storage_mb"] = Path(inp["delta"]).stat().st_size / 2**20
+    model_info = read_json(inp["model"])
+    prov = provenance.evaluation_record(
+        model_fingerprint=model_info.get("fingerprint", ""),
+        delta=inp.get("delta"),
+        # the seeds the images were generated with (generate_t2i), from their table
+        seeds={"train": provenance.train_seed(model_info), "generation": sorted({int(s) for s in prompts["seed"]})},
+        feature_net={"name": net.name, **(params.get("feature_net") or {})},
+        classifier=record["classifier"],
+    )
+    record = provenance.stamp(record, prov)
     write_json(out["metrics"], record)
     print(json.dumps(record))

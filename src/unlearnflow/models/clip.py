@@ -164,8 +164,9 @@ def save_clip(model: torch.nn.Module, model_cfg: dict, out_dir, info: dict, prep
 
 
 # ------------------------------------------------------------ real path
-def export_open_clip(arch: str, pretrained: str | None, out_dir, cache_dir=None, precision="fp32") -> dict:
-    """Export an open_clip model (tag or checkpoint path) to a model folder."""
+def export_open_clip(arch: str, pretrained: str | None, out_dir, cache_dir=None, precision="fp32", extra: dict | None = None) -> dict:
+    """Export an open_clip model (tag or checkpoint path) to a model folder
+    (``extra``: more for its ``model.json``, e.g. the source's stamp)."""
     import open_clip
 
     try:
@@ -181,7 +182,7 @@ def export_open_clip(arch: str, pretrained: str | None, out_dir, cache_dir=None,
     preprocess_cfg = {}
     if pp is not None and hasattr(pp, "preprocess_cfg"):
         preprocess_cfg = dict(pp.preprocess_cfg)
-    info = {"source": "open_clip", "arch": arch, "pretrained": pretrained}
+    info = {"source": "open_clip", "arch": arch, "pretrained": pretrained, **(extra or {})}
     return save_clip(model, model_cfg, out_dir, info, preprocess_cfg)
 
 
@@ -357,6 +358,10 @@ def pretrain_stage(inp: dict, out: dict, params: dict) -> None:
 
 def export_stage(inp: dict, out: dict, params: dict) -> None:
     info = export_open_clip(
-        params["arch"], params.get("pretrained"), _outdir(out), cache_dir=params.get("cache_dir")
+        params["arch"],
+        params.get("pretrained"),
+        _outdir(out),
+        cache_dir=params.get("cache_dir"),
+        extra={"source_stamp": params.get("source_stamp"), "source_files": len(inp.get("source") or [])},
     )
     print(f"exported {info['arch']} / {info['pretrained']}: {info['n_params']} parameters")

@@ -550,7 +550,7 @@ def train_tiny_t2i(
     return save_t2i(comps, out_dir, info)
 
 
-def export_pretrained(pretrained: str, out_dir, *, cache_dir=None, dtype: str = "fp32") -> dict:
+def export_pretrained(pretrained: str, out_dir, *, cache_dir=None, dtype: str = "fp32", extra: dict | None = None) -> dict:
     """Real path: a diffusers pipeline by model id or local folder (Stable
     Diffusion 1.x / 2.x), its components re-saved in our layout."""
     from diffusers import DiffusionPipeline
@@ -564,7 +564,7 @@ def export_pretrained(pretrained: str, out_dir, *, cache_dir=None, dtype: str = 
     missing = [n for n in COMPONENTS if comps[n] is None]
     if missing:
         raise UnlearnflowError(f"{pretrained}: the pipeline has no {missing} (a text-to-image pipeline is needed)")
-    info = {"source": "pretrained", "pretrained": str(pretrained), "pipeline_class": type(pipe).__name__}
+    info = {"source": "pretrained", "pretrained": str(pretrained), "pipeline_class": type(pipe).__name__, **(extra or {})}
     return save_t2i(comps, out_dir, info)
 
 
@@ -595,5 +595,6 @@ def pretrain_stage(inp: dict, out: dict, params: dict) -> None:
 
 def export_stage(inp: dict, out: dict, params: dict) -> None:
     """Rule ``export_t2i``: a diffusers pipeline by id or folder."""
-    info = export_pretrained(params["pretrained"], _outdir(out), cache_dir=params.get("cache_dir"), dtype=params.get("dtype", "fp32"))
+    extra = {"source_stamp": params.get("source_stamp"), "source_files": len(inp.get("source") or [])}
+    info = export_pretrained(params["pretrained"], _outdir(out), cache_dir=params.get("cache_dir"), dtype=params.get("dtype", "fp32"), extra=extra)
     print(f"exported {info['pretrained']} ({info['pipeline_class']})")

@@ -654,5 +654,6 @@ def import_stage(inp: dict, out: dict, params: dict) -> None:
         raise UnlearnflowError("i2i.checkpoint: a checkpoint path is needed with i2i.source: checkpoint")
     cls = adapter_class(params["adapter"])
     model = cls.import_checkpoint(params["checkpoint"], dict(params.get("model_cfg") or {}))
-    info = save_i2i(model, _outdir(out), {"source": "checkpoint", "checkpoint": str(params["checkpoint"])})
+    source = {"source_stamp": params.get("source_stamp"), "source_files": len(inp.get("source") or [])}
+    info = save_i2i(model, _outdir(out), {"source": "checkpoint", "checkpoint": str(params["checkpoint"]), **source})
     print(f"imported {params['checkpoint']} through {cls.adapter}: {info['n_params']} parameters")

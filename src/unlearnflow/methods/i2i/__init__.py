@@ -34,6 +34,7 @@ FAMILY = "i2i"
 
 def unlearn_i2i(inp: dict, out: dict, params: dict) -> None:
     """Rule ``unlearn_i2i``: one method from the base model."""
+    from ... import provenance
     from ...io import write_json, write_parquet
     from ...models.clip import resolve_device
     from ...models.i2i import load_i2i, load_images, model_fingerprint, parse_tasks
@@ -59,10 +60,11 @@ def unlearn_i2i(inp: dict, out: dict, params: dict) -> None:
     result = module.run(ctx, method_params)
     seconds = time.time() - t0
     base = model_fingerprint(model_dir)
-    save_delta(out["delta"], result.tensors, method=method, base=base)
+    prov = provenance.this_job(method=method, seed=ctx.seed, base_fingerprint=base)
+    save_delta(out["delta"], result.tensors, method=method, base=base, provenance=prov)
     trace = result.trace if len(result.trace.columns) else pd.DataFrame({"step": []})
     write_parquet(out["trace"], trace)
-    info = {"method": method, "family": FAMILY, "seconds": seconds, "base_fingerprint": base, **result.info}
+    info = {"method": method, "family": FAMILY, "seconds": seconds, "base_fingerprint": base, **result.info, "provenance": prov}
     info["changed_tensors"] = sorted(result.tensors)
     write_json(out["info"], info)
     print(f"{method}: changed {len(result.tensors)} tensor(s) ({', '.join(info.get('changed_parts', []))}) in {seconds:.1f} s")
