@@ -1,8 +1,13 @@
 # unlearnflow: targeted machine unlearning as a DAG of cached stages.
 # All logic lives in src/unlearnflow; the rules only wire files together.
 import os
+import sys
 
 from snakemake.utils import min_version, validate
+
+# the library beside this Snakefile (the DAG reads its registry and code
+# fingerprints; the jobs run it through workflow/scripts/stage.py)
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 min_version("9.0")
 
@@ -36,6 +41,7 @@ localrules:
     slug_search_plot,
     costs_table,
     table_html,
+    provenance_index,
     t2i_table,
     i2i_table,
     i2i_tsne,
@@ -50,3 +56,4 @@ rule all:
         i2i_outputs(),
         costs_outputs(),
         table_views(),
+        "results/provenance.json",

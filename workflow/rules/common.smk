@@ -4,6 +4,9 @@
 import re
 import shutil
 
+from unlearnflow.provenance import code_fingerprint, source_files, source_stamp
+from unlearnflow.registry import METHOD_RULES
+
 SHARDS = list(config["data"]["shards"])
 HELDOUT_SHARDS = list(config["data"]["heldout_shards"])
 MODEL = config["clip"]["name"]
@@ -19,14 +22,77 @@ SPLITS = ["val", "test"]
 THREADS = config["threads"]
 
 
-def gpu_request(device):
-    """1 for a job that will run on a GPU (device cuda*, or auto where the
-    NVIDIA driver's nvidia-smi is installed), so that `--resources gpu=1`
-    keeps GPU jobs one at a time; 0 for CPU jobs. A cluster profile sets it
-    per rule instead."""
-    if device.startswith("cuda"):
-        return 1
-    return int(device == "auto" and shutil.which("nvidia-smi") is not None)
+def code_of(name):
+    """The `code` param of a rule: the fingerprint of the source its stage
+    can run and of the field libraries that source imports
+    (unlearnflow.provenance), so an edit of a module reruns exactly the jobs
+    that run it. Rules generic over {method} add the method's module."""
+    if name in METHOD_RULES:
+        return lambda wildcards: code_fingerprint(name, wildcards.method)
+    return code_fingerprint(name)
+
+
+# The rules whose stage runs torch on a configured device, and that device:
+# the one table behind every such rule's `device` param and `gpu` resource
+# (the local `--resources gpu=1` cap and Slurm's --gpus alike), so a torch
+# rule cannot be added without a GPU request. (A stage that gets a `device`
+# param without a `gpu` resource breaks the rule <-> stage contract.)
+DEVICES = {
+    name: config[branch]["device"]
+    for branch, names in (
+        ("clip", ["pretrain_clip", "clip_gradients", "unlearn_clip", "evaluate_clip"]),
+        (
+            "t2i",
+            [
+                "pretrain_t2i",
+                "t2i_salun_masks",
+                "unlearn_t2i",
+                "generate_t2i",
+                "evaluate_t2i",
+            ],
+        ),
+        ("i2i", ["train_i2i", "unlearn_i2i", "evaluate_i2i"]),
+    )
+    for name in names
+}
+
+
+def source_input(value, name="source"):
+    """A checkpoint the user points at, when it is a local file or folder:
+    {name: [its files]} as inputs, so that replacing one reruns the job
+    (with the `source_stamp` param, also by an older copy); {} for a name
+    (an open_clip tag, a hub id)."""
+    files = source_files(value)
+    return {name: files} if files else {}
+
+
+def feature_net_input(spec):
+    """The local checkpoint of a feature network spec ({kind, arch, pretrained})."""
+    return source_input((spec or {}).get("pretrained"), "feature_source")
+
+
+def device_of(rule):
+    return DEVICES[rule]
+
+
+def gpu_request(rule):
+    """The `gpu` resource of a torch rule, decided when the job is made:
+    0 for device cpu; 1 for cuda*; for auto, 1 when the job goes to a
+    cluster executor (Slurm gives it the GPU that auto then finds) or the
+    machine has NVIDIA's nvidia-smi, else 0. `--set-resources RULE:gpu=N`
+    overrides it per rule."""
+    device = DEVICES[rule]
+
+    def gpus(wildcards):
+        if device == "cpu":
+            return 0
+        if device.startswith("cuda"):
+            return 1
+        plugin = workflow.executor_plugin
+        remote = plugin is not None and not plugin.common_settings.local_exec
+        return int(remote or shutil.which("nvidia-smi") is not None)
+
+    return gpus
 
 
 def check_targets():
@@ -271,6 +337,16 @@ def heavy_benchmarks(model=MODEL):
         for p in per_target
     ]
     return data + models + clip + i2i_benchmarks()
+
+
+def provenance_tables():
+    """The provenance file of every results table of the enabled branches."""
+    tables = ["clip_unlearning"]
+    if T2I_TARGETS:
+        tables.append("t2i_unlearning")
+    if I2I_METHODS:
+        tables.append("i2i_unlearning")
+    return [f"results/tables/{t}.provenance.json" for t in tables]
 
 
 def costs_outputs():

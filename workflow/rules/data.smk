@@ -26,6 +26,7 @@ if config["data"]["source"] == "synthetic":
             mem_mb=1000,
             runtime=30,
         params:
+            code=code_of("synthetic_shard"),
             synthetic=synthetic_shard_spec(),
             shard=lambda wc: wc.shard,
         script:
@@ -47,6 +48,7 @@ else:
             mem_mb=2000,
             runtime=120,
         params:
+            code=code_of("laion_metadata"),
             url=LAION["metadata_url"],
             sha256=LAION["metadata_sha256"],
             size=LAION["metadata_size"],
@@ -69,6 +71,7 @@ else:
             mem_mb=4000,
             runtime=30,
         params:
+            code=code_of("laion_shard_metadata"),
             shard=lambda wc: wc.shard,
             samples_per_shard=LAION["samples_per_shard"],
             url_col=LAION["url_col"],
@@ -93,6 +96,7 @@ else:
             mem_mb=4000,
             runtime=240,
         params:
+            code=code_of("laion_images"),
             shard=lambda wc: wc.shard,
             samples_per_shard=LAION["samples_per_shard"],
             image_size=LAION["image_size"],
@@ -126,6 +130,7 @@ rule synthetic_eval_set:
         mem_mb=1000,
         runtime=30,
     params:
+        code=code_of("synthetic_eval_set"),
         synthetic=synthetic_concepts(),
         evalset=lambda wc: wc.evalset,
         per_class=lambda wc: config["data"]["eval"][wc.evalset]["per_class"],
@@ -150,6 +155,7 @@ rule ingest_eval_set:
         mem_mb=2000,
         runtime=60,
     params:
+        code=code_of("ingest_eval_set"),
         folders=lambda wc: config["data"]["eval"][wc.evalset],
         seed=config["seeds"]["data"],
     script:
@@ -175,6 +181,7 @@ rule select_sets:
         mem_mb=2000,
         runtime=60,
     params:
+        code=code_of("select_sets"),
         target=lambda wc: target_config(wc.target),
         target_id=lambda wc: wc.target,
         retain_size=config["selection"]["retain_size"],

@@ -30,12 +30,13 @@ rule evaluate_clip:
     resources:
         mem_mb=4000,
         runtime=30,
-        gpu=gpu_request(config["clip"]["device"]),
+        gpu=gpu_request("evaluate_clip"),
     params:
+        code=code_of("evaluate_clip"),
         method=lambda wc: wc.method,
         target=lambda wc: target_config(wc.target),
         target_id=lambda wc: wc.target,
         mia_seeds=config["evaluation"]["mia_seeds"],
-        device=config["clip"]["device"],
+        device=device_of("evaluate_clip"),
     script:
         "../scripts/stage.py"

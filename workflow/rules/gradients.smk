@@ -1,19 +1,19 @@
 # Per-parameter forget and retain gradients, then the layer analysis.
 
 # gradients.keep: candidates stores only the layers the layer analysis could
-# choose, by the same filter; the params name it only then, so that with
-# keep: all a change of the layers config never reruns the gradient passes.
-KEEP_PARAMS = (
-    {
-        "keep": config["gradients"]["keep"],
-        "candidates": {
+# choose, by the same filter; the filter is None with keep: all, so that a
+# change of the layers config never reruns the gradient passes then.
+KEEP_PARAMS = {
+    "keep": config["gradients"]["keep"],
+    "candidates": (
+        {
             k: config["layers"][k]
             for k in ("exclude", "include_layernorm", "matrices_only")
-        },
-    }
-    if config["gradients"]["keep"] != "all"
-    else {}
-)
+        }
+        if config["gradients"]["keep"] != "all"
+        else None
+    ),
+}
 
 
 rule clip_gradients:
@@ -34,14 +34,15 @@ rule clip_gradients:
     resources:
         mem_mb=4000,
         runtime=60,
-        gpu=gpu_request(config["clip"]["device"]),
+        gpu=gpu_request("clip_gradients"),
     params:
         **KEEP_PARAMS,
+        code=code_of("clip_gradients"),
         set=lambda wc: wc.set,
         loss=lambda wc: config["gradients"][f"{wc.set}_loss"],
         batch_size=config["gradients"]["batch_size"],
         amp=config["gradients"]["amp"],
-        device=config["clip"]["device"],
+        device=device_of("clip_gradients"),
     script:
         "../scripts/stage.py"
 
@@ -72,6 +73,7 @@ rule layer_analysis:
         runtime=30,
     params:
         **config["layers"],
+        code=code_of("layer_analysis"),
         title=lambda wc: f"{wc.model}: {wc.target}",
     script:
         "../scripts/stage.py"
@@ -96,6 +98,7 @@ rule salun_masks:
         mem_mb=4000,
         runtime=30,
     params:
+        code=code_of("salun_masks"),
         fractions=MASK_FRACTIONS,
         exclude=config["masks"]["exclude"],
     script:

@@ -18,6 +18,7 @@ rule i2i_images:
         mem_mb=1000,
         runtime=30,
     params:
+        code=code_of("i2i_images"),
         synthetic=synthetic_concepts(),
         per_class={
             "train": I2I["data"]["train_per_class"],
@@ -45,6 +46,7 @@ rule i2i_sets:
         mem_mb=1000,
         runtime=30,
     params:
+        code=code_of("i2i_sets"),
         synthetic=synthetic_concepts(),
         forget_classes=I2I["forget_classes"],
         retain_classes=I2I["retain_classes"],
@@ -71,20 +73,23 @@ if I2I["source"] == "train":
         resources:
             mem_mb=4000,
             runtime=60,
-            gpu=gpu_request(I2I["device"]),
+            gpu=gpu_request("train_i2i"),
         params:
+            code=code_of("train_i2i"),
             adapter=I2I["adapter"],
             model_cfg=I2I["model_cfg"],
             train=I2I["train"],
             tasks=I2I["tasks"],
             seed=config["seeds"]["train"],
-            device=I2I["device"],
+            device=device_of("train_i2i"),
         script:
             "../scripts/stage.py"
 
 else:
 
     rule import_i2i:
+        input:
+            **source_input(I2I["checkpoint"]),
         output:
             **i2i_model_files("{model}"),
         log:
@@ -98,9 +103,11 @@ else:
             mem_mb=16000,
             runtime=60,
         params:
+            code=code_of("import_i2i"),
             adapter=I2I["adapter"],
             model_cfg=I2I["model_cfg"],
             checkpoint=I2I["checkpoint"],
+            source_stamp=source_stamp(I2I["checkpoint"]),
         script:
             "../scripts/stage.py"
 
@@ -126,13 +133,14 @@ rule unlearn_i2i:
     resources:
         mem_mb=4000,
         runtime=60,
-        gpu=gpu_request(I2I["device"]),
+        gpu=gpu_request("unlearn_i2i"),
     params:
+        code=code_of("unlearn_i2i"),
         method=lambda wc: wc.method,
         params=lambda wc: i2i_method_params(wc.method),
         tasks=I2I["tasks"],
         seed=config["seeds"]["unlearn"],
-        device=I2I["device"],
+        device=device_of("unlearn_i2i"),
     script:
         "../scripts/stage.py"
 
@@ -143,6 +151,7 @@ rule evaluate_i2i:
         unpack(i2i_delta_input),
         **i2i_model_files(),
         **i2i_feature_inputs(),
+        **feature_net_input(I2I["eval"]["features"]),
         test_forget="results/data/i2i/test_forget.tar",
         test_retain="results/data/i2i/test_retain.tar",
         classes="results/data/i2i/classes.json",
@@ -168,8 +177,9 @@ rule evaluate_i2i:
     resources:
         mem_mb=4000,
         runtime=30,
-        gpu=gpu_request(I2I["device"]),
+        gpu=gpu_request("evaluate_i2i"),
     params:
+        code=code_of("evaluate_i2i"),
         method=lambda wc: wc.method,
         tasks=I2I["tasks"],
         features=I2I["eval"]["features"],
@@ -178,7 +188,7 @@ rule evaluate_i2i:
         is_splits=I2I["eval"]["is_splits"],
         batch_size=I2I["eval"]["batch_size"],
         grid=I2I["eval"]["grid"],
-        device=I2I["device"],
+        device=device_of("evaluate_i2i"),
     script:
         "../scripts/stage.py"
 
@@ -204,6 +214,7 @@ rule i2i_table:
         ),
         md="results/tables/i2i_unlearning.md",
         tex="results/tables/i2i_unlearning.tex",
+        provenance="results/tables/i2i_unlearning.provenance.json",
         fid_is="results/tables/i2i_fid_is.csv",
         clip_cosine="results/tables/i2i_clip_cosine.csv",
     log:
@@ -213,6 +224,7 @@ rule i2i_table:
     conda:
         "../../envs/data.yaml"
     params:
+        code=code_of("i2i_table"),
         tasks=I2I["tasks"],
         model=I2I_MODEL,
         caption="Image-to-image unlearning: FID, IS and CLIP cosine of the outputs per split (forget, retain) and task, and each method's seconds.",
@@ -236,6 +248,7 @@ rule i2i_tsne:
     conda:
         "../../envs/torch.yaml"
     params:
+        code=code_of("i2i_tsne"),
         method=i2i_tsne_method(),
         tasks=[t["name"] for t in I2I["tasks"]],
         seed=config["seeds"]["eval"],

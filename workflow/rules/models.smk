@@ -24,18 +24,22 @@ if config["clip"]["source"] == "train":
         resources:
             mem_mb=4000,
             runtime=60,
-            gpu=gpu_request(config["clip"]["device"]),
+            gpu=gpu_request("pretrain_clip"),
         params:
+            code=code_of("pretrain_clip"),
             model_cfg=config["clip"]["model_cfg"],
             train=config["clip"]["train"],
             seed=config["seeds"]["train"],
-            device=config["clip"]["device"],
+            device=device_of("pretrain_clip"),
         script:
             "../scripts/stage.py"
 
 else:
 
     rule export_clip:
+        input:
+            # a local checkpoint file (none for an open_clip tag)
+            **source_input(config["clip"]["pretrained"]),
         output:
             **model_files("{model}"),
         log:
@@ -51,8 +55,10 @@ else:
             mem_mb=16000,
             runtime=60,
         params:
+            code=code_of("export_clip"),
             arch=config["clip"]["arch"],
             pretrained=config["clip"]["pretrained"],
+            source_stamp=source_stamp(config["clip"]["pretrained"]),
             cache_dir=config["clip"]["cache_dir"],
         script:
             "../scripts/stage.py"

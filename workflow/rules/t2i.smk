@@ -26,18 +26,22 @@ if config["t2i"]["source"] == "train":
         resources:
             mem_mb=6000,
             runtime=60,
-            gpu=gpu_request(config["t2i"]["device"]),
+            gpu=gpu_request("pretrain_t2i"),
         params:
+            code=code_of("pretrain_t2i"),
             unet_cfg=config["t2i"]["unet_cfg"],
             train=config["t2i"]["train"],
             seed=config["seeds"]["train"],
-            device=config["t2i"]["device"],
+            device=device_of("pretrain_t2i"),
         script:
             "../scripts/stage.py"
 
 else:
 
     rule export_t2i:
+        input:
+            # a local pipeline folder's files (none for a hub id)
+            **source_input(config["t2i"]["pretrained"]),
         output:
             **t2i_model_files(),
         log:
@@ -51,7 +55,9 @@ else:
             mem_mb=16000,
             runtime=60,
         params:
+            code=code_of("export_t2i"),
             pretrained=config["t2i"]["pretrained"],
+            source_stamp=source_stamp(config["t2i"]["pretrained"]),
             cache_dir=config["t2i"]["cache_dir"],
             dtype=config["t2i"]["dtype"],
         script:
@@ -78,12 +84,13 @@ rule t2i_salun_masks:
     resources:
         mem_mb=4000,
         runtime=60,
-        gpu=gpu_request(config["t2i"]["device"]),
+        gpu=gpu_request("t2i_salun_masks"),
     params:
+        code=code_of("t2i_salun_masks"),
         fractions=config["t2i"]["masks"]["fractions"],
         batch_size=config["t2i"]["masks"]["batch_size"],
         seed=config["seeds"]["unlearn"],
-        device=config["t2i"]["device"],
+        device=device_of("t2i_salun_masks"),
     script:
         "../scripts/stage.py"
 
@@ -113,15 +120,18 @@ rule unlearn_t2i:
     resources:
         mem_mb=6000,
         runtime=120,
-        gpu=gpu_request(config["t2i"]["device"]),
+        gpu=gpu_request("unlearn_t2i"),
     params:
+        code=code_of("unlearn_t2i"),
         method=lambda wc: wc.method,
         params=lambda wc: t2i_method_params(wc.method),
         target=lambda wc: target_config(wc.target),
         concepts=t2i_concepts(),
-        sampling=config["t2i"]["sampling"],
+        # the search generates with the evaluation's guidance, but its own
+        # seeds and steps: evaluation seeds and steps never rerun it
+        guidance=config["t2i"]["sampling"]["guidance"],
         seed=config["seeds"]["unlearn"],
-        device=config["t2i"]["device"],
+        device=device_of("unlearn_t2i"),
     script:
         "../scripts/stage.py"
 
@@ -161,13 +171,13 @@ rule generate_t2i:
     resources:
         mem_mb=4000,
         runtime=60,
-        gpu=gpu_request(config["t2i"]["device"]),
+        gpu=gpu_request("generate_t2i"),
     params:
+        code=code_of("generate_t2i"),
         target=lambda wc: target_config(wc.target),
         concepts=t2i_concepts(),
-        seeds=config["t2i"]["sampling"]["seeds"],
         sampling=config["t2i"]["sampling"],
-        device=config["t2i"]["device"],
+        device=device_of("generate_t2i"),
     script:
         "../scripts/stage.py"
 
@@ -176,8 +186,11 @@ rule evaluate_t2i:
     input:
         unpack(t2i_delta_inputs),
         **t2i_eval_files("test"),
+        **feature_net_input(config["t2i"]["feature_net"]),
+        model=t2i_model_files()["model"],
         prompts="results/generate/{t2i}/{target}/{method}/prompts.parquet",
         clip_config=f"results/models/{MODEL}/open_clip_config.json",
+        clip_weights=f"results/models/{MODEL}/open_clip_model.safetensors",
     output:
         metrics="results/eval_t2i/{t2i}/{target}/{method}.json",
     log:
@@ -193,11 +206,13 @@ rule evaluate_t2i:
     resources:
         mem_mb=4000,
         runtime=30,
+        gpu=gpu_request("evaluate_t2i"),
     params:
+        code=code_of("evaluate_t2i"),
         target=lambda wc: target_config(wc.target),
         method=lambda wc: wc.method,
         feature_net=config["t2i"]["feature_net"],
-        device=config["t2i"]["device"],
+        device=device_of("evaluate_t2i"),
     script:
         "../scripts/stage.py"
 
@@ -217,11 +232,13 @@ rule t2i_table:
         csv="results/tables/t2i_unlearning.csv",
         md="results/tables/t2i_unlearning.md",
         tex="results/tables/t2i_unlearning.tex",
+        provenance="results/tables/t2i_unlearning.provenance.json",
     log:
         "logs/t2i_table/t2i_unlearning.log",
     conda:
         "../../envs/data.yaml"
     params:
+        code=code_of("t2i_table"),
         costs={t: {m: t2i_cost_files(t, m) for m in T2I_METHODS} for t in T2I_TARGETS},
     script:
         "../scripts/stage.py"

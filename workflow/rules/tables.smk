@@ -21,6 +21,7 @@ rule clip_table:
         ),
         md="results/tables/clip_unlearning.md",
         tex="results/tables/clip_unlearning.tex",
+        provenance="results/tables/clip_unlearning.provenance.json",
     log:
         "logs/clip_table/clip_table.log",
     benchmark:
@@ -28,6 +29,7 @@ rule clip_table:
     conda:
         "../../envs/data.yaml"
     params:
+        code=code_of("clip_table"),
         costs=clip_table_costs(),
         caption="Unlearning in CLIP: forget accuracy (FA), accuracy on other identities, object zero-shot accuracy, MIA, cost.",
     script:
@@ -49,6 +51,7 @@ rule clip_tradeoff:
     conda:
         "../../envs/torch.yaml"
     params:
+        code=code_of("clip_tradeoff"),
         title="CLIP unlearning: forget accuracy vs object accuracy",
     script:
         "../scripts/stage.py"
@@ -70,6 +73,8 @@ rule costs_table:
         "logs/costs_table/costs_table.log",
     conda:
         "../../envs/torch.yaml"
+    params:
+        code=code_of("costs_table"),
     script:
         "../scripts/stage.py"
 
@@ -93,7 +98,24 @@ rule table_html:
     conda:
         "../../envs/data.yaml"
     params:
+        code=code_of("table_html"),
         title=lambda wc: REPORT_TABLES[wc.table],
+    script:
+        "../scripts/stage.py"
+
+
+# Every table row's provenance id -> its record (code, params, model, seeds).
+rule provenance_index:
+    input:
+        tables=provenance_tables(),
+    output:
+        json="results/provenance.json",
+    log:
+        "logs/provenance_index/provenance_index.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        code=code_of("provenance_index"),
     script:
         "../scripts/stage.py"
 

@@ -24,13 +24,14 @@ rule unlearn_clip:
     resources:
         mem_mb=4000,
         runtime=120,
-        gpu=gpu_request(config["clip"]["device"]),
+        gpu=gpu_request("unlearn_clip"),
     params:
+        code=code_of("unlearn_clip"),
         method=lambda wc: wc.method,
         params=lambda wc: method_params(wc.method),
         target=lambda wc: target_config(wc.target),
         seed=config["seeds"]["unlearn"],
-        device=config["clip"]["device"],
+        device=device_of("unlearn_clip"),
     script:
         "../scripts/stage.py"
 
@@ -52,5 +53,8 @@ rule slug_search_plot:
         "logs/slug_search_plot/{model}/{target}.log",
     conda:
         "../../envs/torch.yaml"
+    params:
+        code=code_of("slug_search_plot"),
+        title=None,  # None: the plot says method, target, probes, the chosen layer
     script:
         "../scripts/stage.py"
