@@ -95,11 +95,12 @@ def small_config(**sections) -> dict:
 
 
 class Workflow:
-    """Runs the repo's Snakefile in a scratch directory, as a subprocess
-    (snakemake's Python API is process-global and ignores profiles)."""
+    """Runs the repo's Snakefile (or a copy's) in a scratch directory, as a
+    subprocess (snakemake's Python API is process-global and ignores profiles)."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, repo: Path = REPO):
         self.workdir = workdir
+        self.repo = repo
 
     def write_config(self, cfg: dict) -> Path:
         path = self.workdir / "config.yaml"
@@ -111,7 +112,7 @@ class Workflow:
             self.write_config(cfg)
         cmd = [
             str(BIN / "snakemake"),
-            "--snakefile", str(REPO / "Snakefile"),
+            "--snakefile", str(self.repo / "Snakefile"),
             "--directory", str(self.workdir),
             "--configfile", str(self.workdir / "config.yaml"),
             "--cores", "2",
@@ -122,6 +123,8 @@ class Workflow:
             PATH=f"{BIN}:{os.environ.get('PATH', '')}",
             NO_ALBUMENTATIONS_UPDATE="1",
             OMP_WAIT_POLICY="PASSIVE",
+            # every job checks its rule <-> stage contract (unlearnflow.cli)
+            UNLEARNFLOW_CONTRACT="strict",
         )
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         out = proc.stdout + proc.stderr
@@ -133,3 +136,24 @@ class Workflow:
 @pytest.fixture
 def workflow(tmp_path):
     return Workflow(tmp_path)
+
+
+def copy_repo(dest: Path) -> Path:
+    """The workflow and the library, copied: a test may edit the copy's
+    source (the copy's Snakefile and jobs run the copy's src/)."""
+    import shutil
+
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("workflow", "src", "profiles", "envs"):
+        shutil.copytree(REPO / name, dest / name, ignore=ignore)
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
+@pytest.fixture
+def repo_workflow(tmp_path):
+    """A Workflow on a copy of the repo (``.repo``), run in ``run/``."""
+    repo = copy_repo(tmp_path / "repo")
+    (tmp_path / "run").mkdir()
+    return Workflow(tmp_path / "run", repo=repo)

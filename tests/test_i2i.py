@@ -361,10 +361,10 @@ def test_the_i2i_branch_of_the_dag_end_to_end(workflow, tmp_path_factory):
     workflow.run(*targets, cfg=cfg)
     res = workflow.workdir / "results"
     df = pd.read_csv(res / "tables/i2i_unlearning.csv")
-    assert list(df.columns) == ["method", "task", "fid_forget", "is_forget", "clip_forget", "fid_retain", "is_retain", "clip_retain", "seconds"]
+    assert list(df.columns) == ["method", "task", "fid_forget", "is_forget", "clip_forget", "fid_retain", "is_retain", "clip_retain", "seconds", "provenance"]
     assert df["method"].tolist() == ["original", "li"] * 3
     assert df["task"].tolist() == ["inpaint_1_4"] * 2 + ["inpaint_1_2"] * 2 + ["outpaint"] * 2
-    values = df.drop(columns=["method", "task", "seconds"])
+    values = df.drop(columns=["method", "task", "seconds", "provenance"])
     assert values.notna().all().all() and (df.loc[df.method == "li", "seconds"] > 0).all()
     assert df["clip_forget"].between(-1, 1).all() and (df["is_forget"] >= 1 - 1e-9).all()
     fid_is = pd.read_csv(res / "tables/i2i_fid_is.csv")
@@ -392,3 +392,18 @@ def test_the_i2i_branch_of_the_dag_end_to_end(workflow, tmp_path_factory):
     cfg2["i2i"]["methods"]["li"]["forget_alpha"] = 0.5
     _, out = workflow.run(*targets, "-n", cfg=cfg2)
     assert job_counts(out) == {"unlearn_i2i": 1, "evaluate_i2i": 1, "i2i_table": 1, "i2i_tsne": 1}
+
+    # every row resolves to its record; evaluation-only keys rerun no unlearning
+    provenance = json.loads((res / "tables/i2i_unlearning.provenance.json").read_text())
+    for _, row in df.iterrows():
+        record = provenance[row["provenance"]]
+        assert record["rule"] == "evaluate_i2i" and record["feature_net"]["features"] == "clip image tower"
+        assert (record["unlearn"] is None) == (row["method"] == "original")
+    for key, value in (("is_splits", 3), ("batch_size", 64), ("grid", 4), ("composite", True)):
+        cfg3 = copy.deepcopy(cfg)
+        cfg3["i2i"]["eval"][key] = value
+        _, out = workflow.run(*targets, "-n", cfg=cfg3)
+        counts = job_counts(out)
+        assert counts.get("evaluate_i2i") == 2 and "unlearn_i2i" not in counts, (key, counts)
+    _, out = workflow.run(*targets, "-n", cfg=cfg | {"seeds": {"eval": 1}})
+    assert job_counts(out) == {"i2i_tsne": 1}

@@ -4,6 +4,7 @@ untouched non-salient weights, the real from_pretrained path, the DAG."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -336,7 +337,7 @@ def test_t2i_dag_end_to_end(workflow):
     table = pd.read_csv(res / "tables/t2i_unlearning.csv")
     assert list(table.columns) == [
         "target", "method", "ua", "ira", "cra", "fid", "kid", "is", "clip_score",
-        "seconds", "peak_mem_mb", "storage_mb", "feature_net",
+        "seconds", "peak_mem_mb", "storage_mb", "feature_net", "provenance",
     ]  # fmt: skip
     assert set(table["method"]) == {"original", "slug", "salun"}
     assert table["fid"].notna().all() and (table["ua"].between(0, 100)).all()
@@ -346,6 +347,23 @@ def test_t2i_dag_end_to_end(workflow):
     assert grid.stat().st_size > 200
     prompts = pd.read_parquet(res / "generate/tiny_t2i/mira_castell/base/prompts.parquet")
     assert len(list((res / "generate/tiny_t2i/mira_castell/base/retain").glob("*.png"))) == (prompts["set"] == "retain").sum()
+    provenance = json.loads((res / "tables/t2i_unlearning.provenance.json").read_text())
+    for _, row in table.iterrows():
+        record = provenance[row["provenance"]]
+        assert record["rule"] == "evaluate_t2i" and record["seeds"]["generation"] == [0] and record["feature_net"]["name"]
+        assert (record["unlearn"] is None) == (row["method"] == "original")
+
+    # evaluation-only keys (sampling seeds and steps, the feature network)
+    # rerun generation and scoring, never the unlearning or the masks
+    from test_workflow import job_counts
+
+    for t2i in ({"sampling": {"steps": 3, "seeds": [0]}}, {"sampling": {"steps": 2, "seeds": [0, 1]}},
+                {"feature_net": {"kind": "clip", "arch": "x"}}):  # fmt: skip
+        cfg2 = copy.deepcopy(cfg)
+        cfg2["t2i"].update(t2i)
+        _, out = workflow.run("results/tables/t2i_unlearning.csv", "-n", cfg=cfg2)
+        counts = job_counts(out)
+        assert counts.get("evaluate_t2i") == 3 and not {"unlearn_t2i", "t2i_salun_masks", "pretrain_t2i"} & set(counts), (t2i, counts)
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])

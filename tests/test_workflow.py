@@ -126,10 +126,13 @@ def test_eval_set_from_user_folders(workflow, tmp_path):
 ALL_METHODS = ["slug", "ft", "ga", "ga_ft", "salun", "ssd"]
 
 
-def test_clip_dag_end_to_end_all_methods(workflow):
+def test_clip_dag_end_to_end_all_methods(repo_workflow):
     """The whole CLIP branch on a tiny config: model, gradients, layers, masks,
-    every method, evaluation, table, trade-off plot; then a change of one
-    method's params reruns only that method."""
+    every method, evaluation, table, trade-off plot, provenance; then a
+    change of one method's params reruns only that method, an evaluation-only
+    key reruns no unlearning, and an edit of a method's source (on a copy of
+    the repo) reruns that method's jobs and nothing upstream."""
+    workflow = repo_workflow
     import pandas as pd
     from safetensors.torch import load_file
 
@@ -154,8 +157,21 @@ def test_clip_dag_end_to_end_all_methods(workflow):
     res = workflow.workdir / "results"
     table = pd.read_csv(res / "tables/clip_unlearning.csv")
     assert list(table.columns) == [
-        "target", "method", "fa1", "fa5", "identity_acc1", "test_acc1", "mia", "seconds", "peak_mem_mb",
+        "target", "method", "fa1", "fa5", "identity_acc1", "test_acc1", "mia", "seconds", "peak_mem_mb", "provenance",
     ]  # fmt: skip
+    # every row, mean rows included, resolves to what produced it
+    index = json.loads((res / "provenance.json").read_text())
+    for _, row in table.iterrows():
+        record = index[row["provenance"]]
+        if row["target"] == "mean":
+            assert record["aggregate"] == "mean over targets" and all(i in index for i in record["of"])
+            continue
+        assert record["rule"] == "evaluate_clip" and len(record["code"]) == 16 and len(record["params_hash"]) == 16
+        assert record["seeds"]["mia"] == [0, 1] and record["model"]["fingerprint"]
+        if row["method"] != "original":
+            up = record["unlearn"]
+            assert up["rule"] == "unlearn_clip" and up["method"] == row["method"] and up["seed"] == 0
+            assert record["seeds"]["unlearn"] == 0 and len(record["model"]["delta_sha256"]) == 64
     methods = ["original"] + ALL_METHODS
     assert set(zip(table["target"], table["method"])) == {(t, m) for t in ("mira_castell", "mean") for m in methods}
     for m in ALL_METHODS:
@@ -190,3 +206,33 @@ def test_clip_dag_end_to_end_all_methods(workflow):
     for m in ALL_METHODS:
         now = (res / f"unlearn/tiny_clip/mira_castell/{m}/delta.safetensors").stat().st_mtime_ns
         assert (now != untouched[m]) == (m == "ft"), m
+
+    # an evaluation-only key reruns the evaluations, no unlearning
+    _, out = workflow.run("-n", cfg=cfg | {"evaluation": {"mia_seeds": 3}})
+    counts = job_counts(out)
+    assert counts["evaluate_clip"] == 7 and not {"unlearn_clip", "clip_gradients", "salun_masks"} & set(counts), counts
+
+    # code-aware reruns: an edit of methods/slug.py reruns SLUG's jobs and
+    # what reads them; nothing upstream, no other method
+    def edited(rel: str) -> dict:
+        path = workflow.repo / "src/unlearnflow" / rel
+        text = path.read_text()
+        path.write_text(text + "\n# an edit\n")
+        try:
+            _, out = workflow.run("-n", cfg=cfg)
+        finally:
+            path.write_text(text)
+        return job_counts(out)
+
+    after_slug = {
+        "unlearn_clip": 1, "evaluate_clip": 1, "slug_search_plot": 1, "clip_table": 1, "clip_tradeoff": 1,
+        "costs_table": 1, "table_html": 2, "provenance_index": 1, "all": 1,
+    }  # fmt: skip
+    assert edited("methods/slug.py") == after_slug
+    _, out = workflow.run("-n", cfg=cfg)
+    assert "Nothing to be done" in out  # reverted: a no-op again
+    counts = edited("data/select.py")
+    assert counts["select_sets"] == 1 and counts["unlearn_clip"] == 6 and counts["clip_gradients"] == 2, counts
+    assert not {"synthetic_shard", "synthetic_eval_set", "pretrain_clip"} & set(counts), counts
+    _, out = workflow.run("-n", cfg=cfg)
+    assert "Nothing to be done" in out
