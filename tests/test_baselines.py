@@ -29,7 +29,7 @@ TINY = tiny_config(
         "text_cfg": {"width": 32, "heads": 2, "layers": 1},
     }
 )
-TARGET = {"name": "Mira Castell", "kind": "identity"}
+TARGET = {"id": "mira", "name": "Mira Castell", "kind": "identity"}
 FAST = {"epochs": 1, "max_steps": 3, "batch_size": 16, "lr": 1e-3}
 C_FC = "visual.transformer.resblocks.0.mlp.c_fc.weight"
 

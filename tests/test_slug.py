@@ -57,7 +57,7 @@ def eval_dir(tmp_path_factory):
     return write_small_eval_sets(tmp_path_factory.mktemp("eval"), val=3, test=3)
 
 
-TARGET = {"name": "Mira Castell", "kind": "identity"}
+TARGET = {"id": "mira", "name": "Mira Castell", "kind": "identity"}
 
 
 def test_forget_loss_is_mean_one_minus_cosine():

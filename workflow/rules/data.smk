@@ -53,6 +53,8 @@ else:
             sha256=LAION["metadata_sha256"],
             size=LAION["metadata_size"],
             retries=LAION["download_retries"],
+            timeout=LAION["download_timeout"],
+            backoff=LAION["download_backoff"],
         script:
             "../scripts/stage.py"
 

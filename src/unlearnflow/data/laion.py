@@ -565,9 +565,9 @@ def metadata_stage(inp: dict, out: dict, params: dict) -> None:
         out["parquet"],
         sha256=params.get("sha256") or None,
         size=params.get("size") or None,
-        retries=int(params.get("retries", 5)),
-        backoff=float(params.get("backoff", 0.5)),
-        timeout=float(params.get("timeout", 60)),
+        retries=int(params["retries"]),
+        backoff=float(params["backoff"]),
+        timeout=float(params["timeout"]),
         check=check_parquet,
     )
     rows = check_parquet(out["parquet"])
