@@ -4,6 +4,7 @@ import copy
 import json
 import re
 
+import pytest
 from PIL import Image
 
 from conftest import small_config
@@ -84,6 +85,28 @@ def test_unknown_target_names_the_known_ones(workflow):
 
     code, out = workflow.run("-n", "results/data/nobody/forget.tar", cfg=small_config(), check=False)
     assert code != 0 and "unknown target 'nobody'" in out and "mira_castell" in out
+
+
+def test_one_id_with_two_definitions_is_an_error_naming_both(workflow):
+    """An id in targets and t2i.targets is one forget set: if the entries
+    differ, one would silently replace the other (another concept's set)."""
+    from unlearnflow.io import UnlearnflowError
+    from unlearnflow.targets import merge_targets
+
+    mira = {"id": "mira_castell", "name": "Mira Castell", "kind": "identity"}
+    other = {"id": "mira_castell", "name": "Vellum", "kind": "style"}
+    # the same entry in both lists is one target
+    assert merge_targets({"targets": [mira], "t2i": {"targets": [dict(mira)]}}) == {"mira_castell": mira}
+    with pytest.raises(UnlearnflowError, match=r"targets\[0\] and t2i.targets\[1\].*name: 'Mira Castell' vs 'Vellum'"):
+        merge_targets({"targets": [mira], "t2i": {"targets": [{"id": "v", "name": "Vellum"}, other]}})
+    with pytest.raises(UnlearnflowError, match=r"t2i.targets\[1\]: duplicate target id 'mira_castell' \(also t2i.targets\[0\]\)"):
+        merge_targets({"targets": [], "t2i": {"targets": [mira, other]}})
+
+    cfg = small_config()
+    cfg["t2i"] = {"targets": [{"id": "mira_castell", "name": "Mira Castell", "kind": "identity", "aliases": ["M. C."]}]}
+    code, out = workflow.run("-n", cfg=cfg, check=False)
+    assert code != 0 and "'mira_castell' is defined twice, differently, in targets[0] and t2i.targets[0]" in out
+    assert "aliases" in out
 
 
 def test_empty_forget_set_fails_clearly_and_keeps_the_shards(workflow):
@@ -199,7 +222,7 @@ def test_clip_dag_end_to_end_all_methods(repo_workflow):
     _, out = workflow.run("-n", cfg=cfg)
     assert job_counts(out) == {
         "unlearn_clip": 1, "evaluate_clip": 1, "clip_table": 1, "clip_tradeoff": 1,
-        "costs_table": 1, "table_html": 2, "all": 1,
+        "costs_table": 1, "table_html": 2, "provenance_index": 1, "all": 1,
     }  # fmt: skip
     assert "results/unlearn/tiny_clip/mira_castell/ft/delta.safetensors" in out
     workflow.run(cfg=cfg)
