@@ -6,6 +6,7 @@ import shutil
 
 from unlearnflow.provenance import code_fingerprint, source_files, source_stamp
 from unlearnflow.registry import METHOD_RULES
+from unlearnflow.targets import merge_targets
 
 SHARDS = list(config["data"]["shards"])
 HELDOUT_SHARDS = list(config["data"]["heldout_shards"])
@@ -15,7 +16,8 @@ METHODS = list(config["run_methods"])
 # model (SLUG there needs their CLIP gradients too); TARGETS is every target.
 CLIP_TARGETS = [t["id"] for t in config["targets"]]
 T2I_TARGETS = [t["id"] for t in config["t2i"]["targets"]]
-TARGETS = {t["id"]: t for t in config["targets"] + config["t2i"]["targets"]}
+# one id, one concept: an id in both lists with two definitions is an error
+TARGETS = merge_targets(config)
 EVAL_SETS = ["identities", "objects", "styles"]
 SPLITS = ["val", "test"]
 # CPU threads of every torch job (config `threads`; profiles raise it per rule)
@@ -101,10 +103,6 @@ def check_targets():
         raise ValueError(
             f"config data: shards {overlap} are both training and held-out shards"
         )
-    ids = [t["id"] for t in config["targets"]]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
-    if dup:
-        raise ValueError(f"config targets: duplicate id(s) {dup}")
     if config["data"]["source"] != "synthetic":
         return
     syn = config["data"]["synthetic"]
@@ -113,7 +111,7 @@ def check_targets():
         "object": syn["objects"],
         "style": syn["styles"],
     }
-    for t in config["targets"]:
+    for t in TARGETS.values():
         names = known[t["kind"]]
         if t["name"].lower() not in {n.lower() for n in names}:
             raise ValueError(

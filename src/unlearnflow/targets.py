@@ -1,0 +1,49 @@
+"""The targets of a run, read once from the config's two lists.
+
+``targets`` are unlearned from the CLIP, ``t2i.targets`` from the diffusion
+model; one forget set is built per id for both. So an id must mean one
+concept: the same id in both lists is fine when both entries agree, and an
+error naming both entries when they do not (otherwise one would silently
+replace the other and the forget set of another concept would be built).
+Stdlib only: the Snakefile imports this to build the DAG.
+"""
+
+from __future__ import annotations
+
+from .io import UnlearnflowError
+
+# where each list lives in the config, for error messages
+LISTS = (("targets", ("targets",)), ("t2i.targets", ("t2i", "targets")))
+
+
+def _get(config: dict, path: tuple[str, ...]) -> list:
+    value = config
+    for key in path:
+        value = (value or {}).get(key) or {}
+    return list(value or [])
+
+
+def merge_targets(config: dict) -> dict[str, dict]:
+    """id -> target over both lists, in order; raises on an id listed twice
+    in one list, or listed in both with different definitions."""
+    merged: dict[str, dict] = {}
+    where: dict[str, str] = {}
+    for name, path in LISTS:
+        seen: dict[str, int] = {}
+        for i, target in enumerate(_get(config, path)):
+            tid = target["id"]
+            here = f"{name}[{i}]"
+            if tid in seen:
+                raise UnlearnflowError(f"config {here}: duplicate target id {tid!r} (also {name}[{seen[tid]}])")
+            seen[tid] = i
+            if tid in merged and merged[tid] != target:
+                keys = sorted(k for k in set(merged[tid]) | set(target) if merged[tid].get(k) != target.get(k))
+                diff = "; ".join(f"{k}: {merged[tid].get(k)!r} vs {target.get(k)!r}" for k in keys)
+                raise UnlearnflowError(
+                    f"config: target id {tid!r} is defined twice, differently, in {where[tid]} and {here} "
+                    f"({diff}); one id is one forget set, so give one of them another id, "
+                    f"or make both entries identical"
+                )
+            merged.setdefault(tid, target)
+            where.setdefault(tid, here)
+    return merged
