@@ -307,3 +307,15 @@ def test_local_checkpoint_folders_are_inputs_and_names_are_not(tmp_path):
     out = snakemake(tmp_path, cfg, "-n", "--cores", "2", "results/models/tiny_t2i/model.json")
     block = out.split("rule export_t2i:", 1)[1].split("\n\n", 1)[0]
     assert str(folder / "unet/model.safetensors") in block and str(folder / "model_index.json") in block
+
+
+def test_jobs_run_the_library_of_their_own_checkout(repo_workflow):
+    """stage.py puts the checkout's src/ first: a copy's jobs run the copy's
+    code, not an editable install of another checkout (the fingerprints are
+    of the copy's code, so anything else would record a lie)."""
+    select = repo_workflow.repo / "src/unlearnflow/data/select.py"
+    select.write_text(select.read_text() + "\nprint('the copy ran')\n")
+    cfg = small_config(targets=[{"id": "mira_castell", "name": "Mira Castell", "kind": "identity"}])
+    repo_workflow.run("results/data/mira_castell/summary.json", cfg=cfg)
+    log = (repo_workflow.workdir / "logs/select_sets/mira_castell.log").read_text()
+    assert "the copy ran" in log

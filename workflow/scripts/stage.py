@@ -12,8 +12,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[var] = str(snakemake.threads)  # noqa: F821
 
-# The library beside this workflow, so a checkout runs its own code.
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821
+# The library beside this workflow, so a checkout runs its own code (not an
+# editable install of another). scriptdir reads ".../workflow/rules/../scripts":
+# resolve it before walking up.
+sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))  # noqa: F821
 
 from unlearnflow.cli import run_from_snakemake  # noqa: E402
 
