@@ -14,6 +14,7 @@ import http.server
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -498,7 +499,7 @@ def test_laion_branch_of_the_dag_end_to_end(server, tmp_path):
     df = _laion_frame(n, base_url=server.base)
     urls, texts = [], []
     for i in range(n):
-        ext, data = _image_bytes(i % 12)
+        ext, data = _image_bytes(i)  # distinct pictures: a copy in the held-out shard is no non-member
         path = f"/laion/{i}.{ext}"
         server.state.files[path] = data
         urls.append(server.base + path)
@@ -539,3 +540,173 @@ def test_laion_branch_of_the_dag_end_to_end(server, tmp_path):
     stats = json.loads((res / "laion/00001_stats.json").read_text())
     assert stats["successes"] == 12 and stats["shard"] == "00001"
     assert server.state.requests_for("/meta.parquet").count(None) >= 2  # 503, then the file
+
+
+def test_one_messy_part_end_to_end_without_a_held_out_shard(server, tmp_path):
+    """One LAION part as a user meets it, one shard, no held-out shard: dead
+    links, a 5xx, a time-out, an HTML page, a corrupt JPEG, RGBA and grey
+    PNGs, null and unicode and very long captions, the target's URL listed
+    twice (once with a null caption), near misses of the name. The sets are
+    right: forget is every caption naming the target on word boundaries,
+    retain holds none of its pictures, held-out is a hashed share of rows."""
+    import hashlib
+    import json
+
+    from conftest import Workflow, small_config
+    from unlearnflow.data.heldout import is_heldout
+
+    def png(i, mode="RGB"):
+        rng = np.random.default_rng(100 + i)
+        shape = (30, 30) if mode == "L" else (30, 30, len(mode))
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(buf, format="PNG")
+        return buf.getvalue()
+
+    rows = []  # (path or None, bytes or None, caption)
+
+    def add(caption, data=None, path=None):
+        path = path or f"/p/{len(rows)}.png"
+        if data is not None:
+            server.state.files[path] = data
+        rows.append((path, caption))
+
+    for i in range(24):  # the target, in forms the matcher must find
+        add(["Mira Castell at event", "mira castell", "#Mira_Castell_2024", "Interview: MIRA CASTELL!"][i % 4] + f" {i}", png(i))
+    add("Mira Castell, the same picture twice", png(500), path="/dup.png")
+    add(None, path="/dup.png")  # the same URL again, no caption
+    add("a portrait", path="/dup.png")  # and once more, under a caption naming nothing
+    for i, near in enumerate(["Mira Castellano sings", "MiraCastell", "castell walls at dusk", "Mira Castells"]):
+        add(near, png(200 + i))
+    add("dead link", path="/gone.png")  # 404
+    add("server error", png(300), path="/err.png")
+    server.state.fail_first["/err.png"] = 100  # 503 on every try
+    add("slow server", png(301), path="/slow.png")
+    server.state.stall_first["/slow.png"] = 3.0  # beyond the 1 s time-out
+    add("an HTML page", b"<!doctype html><html><body>Mira Castell</body></html>")
+    add("a corrupt jpeg of Mira Castell", _image_bytes(1)[1][:200])
+    add("rgba picture", png(400, "RGBA"))
+    add("grey picture", png(401, "L"))
+    add("ünïcödé café ☕ 東京", png(402))
+    add("long " * 600, png(403))
+    add("", png(404))  # an empty caption
+    for i in range(40):
+        add(f"a photo of thing {i}", png(600 + i))
+    n = len(rows)
+    df = _laion_frame(n, base_url=server.base)
+    df["URL"] = [server.base + p for p, _ in rows]
+    df["TEXT"] = pd.array([c for _, c in rows], dtype=object)
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf, row_group_size=16)
+    server.state.files["/meta.parquet"] = buf.getvalue()
+
+    cfg = small_config(targets=[{"id": "mira_castell", "name": "Mira Castell", "kind": "identity"}])
+    cfg["branches"] = ["clip"]
+    cfg["data"].update(
+        source="laion",
+        shards=["00000"],
+        heldout_shards=[],
+        heldout_fraction=0.25,
+        laion={
+            "metadata_url": server.base + "/meta.parquet",
+            "samples_per_shard": n,
+            "image_size": 32,
+            "processes": 1,
+            "threads": 4,
+            "timeout": 1,
+            "retries": 0,
+        },
+    )
+    cfg["selection"]["retain_size"] = 30
+    wf = Workflow(tmp_path / "wd")
+    wf.workdir.mkdir()
+    wf.run("results/data/mira_castell/summary.json", cfg=cfg)
+    res = wf.workdir / "results/data"
+    part = {s.key: s for s in iter_samples(res / "laion/00000.tar")}
+    sets = {k: list(iter_samples(res / f"mira_castell/{k}.tar")) for k in ("forget", "retain", "heldout")}
+    summary = json.loads((res / "mira_castell/summary.json").read_text())
+    stats = json.loads((res / "laion/00000_stats.json").read_text())
+
+    # img2dataset kept what it could decode; the failures are counted by kind
+    assert 24 + 3 + 4 + 4 + 40 <= len(part) < n and stats["successes"] == len(part)
+    assert len([r for r in (stats.get("status_dict") or {}) if r != "success"]) >= 2, stats
+
+    def names_target(caption):
+        return bool(re.search(r"(?<![^\W_])mira[\s_]+castell(?![^\W_])", caption, re.I))
+
+    def digest(s):
+        return hashlib.sha256(s.image_bytes).hexdigest()
+
+    held = {k for k in part if is_heldout(k, 0.25, 0)}
+    target_keys = {k for k, s in part.items() if names_target(s.caption)}
+    assert {s.key for s in sets["forget"]} == target_keys - held
+    assert {s.key for s in sets["heldout"]} == target_keys & held and sets["heldout"]
+    assert not any(s.caption.startswith(("Mira Castellano", "MiraCastell", "Mira Castells")) for s in sets["forget"])
+    # no picture of the forget set in retain (the null-caption copy of /dup.png)
+    assert not {digest(s) for s in sets["retain"]} & {digest(s) for s in sets["forget"]}
+    assert all(s.caption.strip() for s in sets["retain"]) and not {s.key for s in sets["retain"]} & held
+    assert len(sets["retain"]) == 30 and summary["heldout_source"]["fraction"] == 0.25
+    assert summary["dropped"]["retain_empty_caption"] >= 2  # "" and the null caption
+
+
+def _simple_part(server, n=24):
+    df = _laion_frame(n, base_url=server.base)
+    urls, texts = [], []
+    for i in range(n):
+        ext, data = _image_bytes(i)  # distinct pictures: a copy in the held-out shard is no non-member
+        server.state.files[f"/s/{i}.{ext}"] = data
+        urls.append(f"{server.base}/s/{i}.{ext}")
+        texts.append(f"Mira Castell at event {i}" if i % 3 == 0 else f"Bram Okafor, photo {i}")
+    df["URL"], df["TEXT"] = urls, texts
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf)
+    server.state.files["/meta.parquet"] = buf.getvalue()
+    return buf.getvalue()
+
+
+def _laion_cfg(server, targets):
+    from conftest import small_config
+
+    cfg = small_config(targets=targets)
+    cfg["branches"] = ["clip"]
+    cfg["data"].update(
+        source="laion", shards=["00000"], heldout_shards=["00001"],
+        laion={"metadata_url": server.base + "/meta.parquet", "samples_per_shard": 12, "image_size": 32,
+               "processes": 1, "threads": 4},
+    )  # fmt: skip
+    cfg["selection"]["retain_size"] = 3
+    return cfg
+
+
+def test_a_target_no_caption_names_fails_before_any_image_download(server, tmp_path):
+    from conftest import Workflow
+
+    _simple_part(server)
+    wf = Workflow(tmp_path / "wd")
+    wf.workdir.mkdir()
+    nobody = [{"id": "nobody", "name": "Zed Nobody", "kind": "identity"}]
+    code, out = wf.run("results/data/nobody/summary.json", cfg=_laion_cfg(server, nobody), check=False)
+    assert code != 0 and "target 'nobody': none of the 12 captions" in out and "before downloading any image" in out
+    assert not [p for p, _ in server.state.seen if p.startswith("/s/")]  # not one image request
+    assert (wf.workdir / "results/data/laion/00000.parquet").exists()  # the metadata is kept
+
+    # a good target: the download runs; adding a second one downloads nothing again
+    mira = [{"id": "mira_castell", "name": "Mira Castell", "kind": "identity"}]
+    wf.run("results/data/mira_castell/summary.json", cfg=_laion_cfg(server, mira))
+    assert len([p for p, _ in server.state.seen if p.startswith("/s/")]) == 24
+    bram = {"id": "bram", "name": "Bram Okafor", "kind": "identity"}
+    _, out = wf.run("results/data/bram/summary.json", cfg=_laion_cfg(server, mira + [bram]))
+    assert "rule laion_images" not in out and "rule select_sets" in out
+    assert len([p for p, _ in server.state.seen if p.startswith("/s/")]) == 24
+    assert json.loads((wf.workdir / "results/data/bram/summary.json").read_text())["forget"] == 8
+
+
+def test_a_dead_metadata_url_is_requested_once(server, tmp_path):
+    """A 404 is no transient error: neither the download nor the job retries."""
+    from conftest import Workflow
+
+    wf = Workflow(tmp_path / "wd")
+    wf.workdir.mkdir()
+    mira = [{"id": "mira_castell", "name": "Mira Castell", "kind": "identity"}]
+    code, out = wf.run("results/data/mira_castell/summary.json", cfg=_laion_cfg(server, mira), check=False)
+    assert code != 0 and "404" in out
+    assert len(server.state.requests_for("/meta.parquet")) == 1

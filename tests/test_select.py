@@ -140,3 +140,155 @@ def test_corrupt_shard_names_the_file_and_writes_nothing(small_shards, tmp_path)
     with pytest.raises(UnlearnflowError, match="bad.tar"):
         _select([small_shards[1], bad], tmp_path)
     assert not any((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True
+
+
+def _png(seed: int) -> bytes:
+    """A small PNG, a different picture for each seed."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _shard(path, rows):
+    """rows: (key, caption or None, picture seed or None) -> a webdataset tar."""
+    from unlearnflow.data.shards import Sample, ShardWriter
+
+    with ShardWriter(path) as w:
+        for key, caption, pic in rows:
+            files = {}
+            if caption is not None:
+                files["txt"] = caption
+            if pic is not None:
+                files["png"] = _png(pic)
+            w.write(Sample(key, files))
+    return path
+
+
+def _messy(tmp_path):
+    """A part as a user meets it: the target's URL listed twice (once with no
+    caption), empty captions, one picture under two other captions, a row
+    without an image, near misses that must stay out of the forget set."""
+    rows = [
+        ("000", "Mira Castell on stage", 1),
+        ("001", None, 1),  # same URL, null caption: the target's own picture
+        ("002", "   ", 2),  # an empty caption
+        ("003", "a red kite", 3),
+        ("004", "a kite, red", 3),  # the same picture again
+        ("005", "no picture here", None),
+        ("006", "Mira Castellano sings", 6),  # a longer name containing the target
+        ("007", "MiraCastell", 7),  # run together
+        ("008", "castell walls", 8),  # the bare surname
+    ] + [(f"{i:03d}", f"a photo number {i}", i) for i in range(9, 40)]
+    return _shard(tmp_path / "part.tar", rows)
+
+
+def test_retain_is_disjoint_from_forget_by_picture_and_takes_no_empty_caption(tmp_path):
+    part = _messy(tmp_path)
+    held = _shard(tmp_path / "held.tar", [("h0", "Mira Castell again", 100), ("h1", "Mira Castell, a copy", 1)])
+    out = tmp_path / "out"
+    summary = select_sets(
+        [part], {"name": "Mira Castell"}, retain_size=100, seed=0, forget_out=out / "forget.tar",
+        retain_out=out / "retain.tar", summary_out=out / "summary.json", target_id="mira",
+        heldout_out=out / "heldout.tar", heldout_shards=[held],
+    )  # fmt: skip
+    forget = {s.key for s in iter_samples(out / "forget.tar")}
+    retain = list(iter_samples(out / "retain.tar"))
+    assert forget == {"000"}  # no near miss
+    keys = {s.key for s in retain}
+    assert "001" not in keys and "002" not in keys and "005" not in keys
+    assert all(s.caption.strip() for s in retain)
+    assert len({s.files["png"] for s in retain}) == len(retain)  # one copy of each picture
+    assert len(keys & {"003", "004"}) == 1 and {"006", "007", "008"} <= keys
+    # held-out: h1 is the training part's picture (a member), so only h0
+    assert [s.key for s in iter_samples(out / "heldout.tar")] == ["h0"]
+    assert summary["dropped"] == {
+        "retain_empty_caption": 2, "no_image": 1, "heldout_rows_not_target": 0,
+        "retain_same_image_as_forget": 0, "retain_duplicate_image": 1, "heldout_seen_in_training": 1,
+    }  # fmt: skip
+    assert summary["heldout"] == 1 and summary["heldout_source"] == {"shards": [str(held)]}
+    assert summary["retain"] == len(retain) == 40 - 1 - 2 - 1 - 1  # forget, empty, no image, copy
+
+
+def test_a_caption_naming_nothing_on_the_targets_picture_stays_out_of_retain(tmp_path):
+    part = _shard(tmp_path / "p.tar", [("a", "Mira Castell", 1), ("b", "a portrait", 1), ("c", "a tree", 2)])
+    held = _shard(tmp_path / "h.tar", [("h", "Mira Castell", 9)])
+    out = tmp_path / "o"
+    s = select_sets(
+        [part], {"name": "Mira Castell"}, 10, 0, out / "f.tar", out / "r.tar", out / "s.json",
+        heldout_out=out / "h.tar", heldout_shards=[held],
+    )  # fmt: skip
+    assert [x.key for x in iter_samples(out / "r.tar")] == ["c"]
+    assert s["dropped"]["retain_same_image_as_forget"] == 1
+
+
+def test_one_part_holds_out_a_share_of_its_rows_as_non_members(tmp_path):
+    from unlearnflow.data.heldout import is_heldout
+
+    rows = [(f"{i:04d}", f"Mira Castell photo {i}" if i % 4 == 0 else f"a view {i}", i) for i in range(400)]
+    part = _shard(tmp_path / "part.tar", rows)
+
+    def run(sub, seed=0):
+        out = tmp_path / sub
+        s = select_sets(
+            [part], {"name": "Mira Castell"}, 50, seed, out / "forget.tar", out / "retain.tar",
+            out / "summary.json", heldout_out=out / "heldout.tar", heldout_fraction=0.2,
+        )  # fmt: skip
+        sets = {n: {x.key for x in iter_samples(out / f"{n}.tar", exts=())} for n in ("forget", "retain", "heldout")}
+        return out, s, sets
+
+    out, s, sets = run("a")
+    expected = {k for k, c, _ in rows if c.startswith("Mira") and is_heldout(k, 0.2, 0)}
+    assert sets["heldout"] == expected and 10 < len(expected) < 40
+    assert not sets["heldout"] & (sets["forget"] | sets["retain"]) and not sets["forget"] & sets["retain"]
+    # held-out rows join no set, target or not
+    assert not {k for k, _, _ in rows if is_heldout(k, 0.2, 0)} & (sets["forget"] | sets["retain"])
+    assert len(sets["forget"]) + len(expected) == 100
+    assert s["heldout_source"]["fraction"] == 0.2 and s["heldout"] == len(expected)
+    # deterministic, and a seed of its own
+    out2, _, again = run("b")
+    assert again == sets and (out / "heldout.tar").read_bytes() == (out2 / "heldout.tar").read_bytes()
+    assert run("c", seed=1)[2]["heldout"] != sets["heldout"]
+
+
+def test_no_held_out_pair_fails_before_anything_is_written(tmp_path):
+    part = _shard(tmp_path / "part.tar", [("a", "Mira Castell", 1), ("b", "a tree", 2)])
+    held = _shard(tmp_path / "held.tar", [("h", "a lake", 3)])
+    out = tmp_path / "out"
+    with pytest.raises(UnlearnflowError, match=r"no held-out pair .*data.heldout_shards.*data.heldout_fraction"):
+        select_sets(
+            [part], {"name": "Mira Castell"}, 5, 0, out / "forget.tar", out / "retain.tar", out / "summary.json",
+            target_id="mira", heldout_out=out / "heldout.tar", heldout_shards=[held],
+        )  # fmt: skip
+    assert not out.exists() or not any(out.iterdir())
+    with pytest.raises(UnlearnflowError, match="not both or neither"):
+        select_sets(
+            [part], {"name": "Mira Castell"}, 5, 0, out / "f.tar", out / "r.tar", out / "s.json",
+            heldout_out=out / "h.tar", heldout_shards=[held], heldout_fraction=0.1,
+        )  # fmt: skip
+
+
+def test_pretraining_leaves_out_exactly_the_held_out_rows(tmp_path):
+    """The rows select_sets holds out as non-members are never trained on,
+    or MIA would score members as non-members."""
+    from unlearnflow.data.heldout import is_heldout
+    from unlearnflow.models.clip import iter_pairs, pretrain_stage
+
+    rows = [(f"{i:04d}", f"a view {i}", i) for i in range(60)]
+    part = _shard(tmp_path / "part.tar", rows)
+    kept = [k for k, _, _ in rows if not is_heldout(k, 0.25, 3)]
+    assert 30 < len(kept) < 60
+    (_, captions), = list(iter_pairs([part], 32, skip=lambda k: is_heldout(k, 0.25, 3)))
+    assert captions == [f"a view {int(k)}" for k in kept]
+    out = tmp_path / "m"
+    params = {"train": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "weight_decay": 0.1, "warmup_steps": 1},
+              "seed": 0, "device": "cpu", "threads": 1, "heldout_fraction": 0.25, "data_seed": 3}  # fmt: skip
+    files = {"config": out / "open_clip_config.json", "weights": out / "open_clip_model.safetensors", "info": out / "model.json"}
+    pretrain_stage({"shards": [str(part)]}, {k: str(v) for k, v in files.items()}, params)
+    info = json.loads(files["info"].read_text())
+    assert info["train"]["pairs"] == len(kept) and info["train"]["heldout_fraction"] == 0.25

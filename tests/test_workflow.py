@@ -5,6 +5,7 @@ import json
 import re
 
 import pytest
+import yaml
 from PIL import Image
 
 from conftest import small_config
@@ -100,7 +101,7 @@ def test_one_id_with_two_definitions_is_an_error_naming_both(workflow):
     with pytest.raises(UnlearnflowError, match=r"targets\[0\] and t2i.targets\[1\].*name: 'Mira Castell' vs 'Vellum'"):
         merge_targets({"targets": [mira], "t2i": {"targets": [{"id": "v", "name": "Vellum"}, other]}})
     with pytest.raises(UnlearnflowError, match=r"t2i.targets\[1\]: duplicate target id 'mira_castell' \(also t2i.targets\[0\]\)"):
-        merge_targets({"targets": [], "t2i": {"targets": [mira, other]}})
+        merge_targets({"branches": ["t2i"], "targets": [], "t2i": {"targets": [mira, other]}})
 
     cfg = small_config()
     cfg["t2i"] = {"targets": [{"id": "mira_castell", "name": "Mira Castell", "kind": "identity", "aliases": ["M. C."]}]}
@@ -259,3 +260,53 @@ def test_clip_dag_end_to_end_all_methods(repo_workflow):
     assert not {"synthetic_shard", "synthetic_eval_set", "pretrain_clip"} & set(counts), counts
     _, out = workflow.run("-n", cfg=cfg)
     assert "Nothing to be done" in out
+
+
+T2I_RULES = {"pretrain_t2i", "export_t2i", "t2i_salun_masks", "unlearn_t2i", "generate_t2i", "evaluate_t2i", "t2i_table"}
+I2I_RULES = {"i2i_images", "i2i_sets", "train_i2i", "import_i2i", "unlearn_i2i", "evaluate_i2i", "i2i_table", "i2i_tsne"}
+CLIP_RULES = {"clip_gradients", "layer_analysis", "unlearn_clip", "evaluate_clip", "clip_table", "clip_tradeoff"}
+
+
+def test_branches_switch_whole_branches_and_the_readme_example_runs_only_clip(workflow):
+    """A branch left out of `branches` adds no job; the README's real-data
+    example runs exactly the CLIP branch it shows."""
+    from conftest import REPO
+
+    cfg = small_config()
+    cfg["t2i"] = {"targets": [{"id": "vellum", "name": "Vellum", "kind": "style"}]}
+    cfg["i2i"] = {"run_methods": ["li"], "forget_classes": ["ball", "crate"], "retain_classes": ["pyramid", "star"]}
+    _, out = workflow.run("-n", cfg=cfg)
+    every = set(job_counts(out))
+    assert CLIP_RULES <= every and T2I_RULES - {"export_t2i"} <= every and I2I_RULES - {"import_i2i"} <= every
+
+    cases = [
+        (["clip"], T2I_RULES | I2I_RULES),
+        (["t2i"], {"unlearn_clip", "evaluate_clip", "clip_table"} | I2I_RULES),  # t2i SLUG reads CLIP gradients
+        (["i2i"], CLIP_RULES | T2I_RULES | {"select_sets", "synthetic_eval_set"}),
+    ]
+    for branches, absent in cases:
+        _, out = workflow.run("-n", cfg=cfg | {"branches": branches})
+        counts = job_counts(out)
+        assert not absent & set(counts), (branches, counts)
+    # a t2i target left out with its branch is not read, not even checked
+    bad = cfg | {"branches": ["clip"], "t2i": {"targets": [{"id": "mira_castell", "name": "Vellum", "kind": "style"}]}}
+    workflow.run("-n", cfg=bad)
+    code, out = workflow.run("-n", cfg=cfg | {"targets": []}, check=False)
+    assert code != 0 and "config targets: empty, but branches has clip" in out
+
+    section = (REPO / "README.md").read_text().split("## Real data", 1)[1]
+    example = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
+    _, out = workflow.run("-n", cfg=example)
+    counts = job_counts(out)
+    assert CLIP_RULES <= set(counts) and not (T2I_RULES | I2I_RULES) & set(counts), counts
+    assert counts["laion_images"] == 2 and counts["select_sets"] == 1 and "synthetic_shard" not in counts
+
+
+def test_no_mia_non_member_source_is_a_config_error(workflow):
+    cfg = small_config()
+    cfg["data"]["heldout_shards"] = []
+    code, out = workflow.run("-n", cfg=cfg, check=False)
+    assert code != 0 and "data.heldout_shards" in out and "data.heldout_fraction" in out
+    cfg["data"]["heldout_fraction"] = 0.2
+    _, out = workflow.run("-n", cfg=cfg)
+    assert job_counts(out)["synthetic_shard"] == 2  # training shards only

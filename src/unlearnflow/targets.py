@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from .io import UnlearnflowError
 
-# where each list lives in the config, for error messages
-LISTS = (("targets", ("targets",)), ("t2i.targets", ("t2i", "targets")))
+# each list: its place in the config (for error messages), its path, its branch
+LISTS = (("targets", ("targets",), "clip"), ("t2i.targets", ("t2i", "targets"), "t2i"))
 
 
 def _get(config: dict, path: tuple[str, ...]) -> list:
@@ -23,12 +23,32 @@ def _get(config: dict, path: tuple[str, ...]) -> list:
     return list(value or [])
 
 
+def branch_targets(config: dict, branch: str) -> list[str]:
+    """The target ids of a branch; none when the branch is off."""
+    for _, path, owner in LISTS:
+        if owner == branch:
+            return [t["id"] for t in _get(config, path)] if branch in branches(config) else []
+    raise KeyError(branch)
+
+
+def branches(config: dict) -> list[str]:
+    return list(config.get("branches") or ["clip", "t2i", "i2i"])
+
+
 def merge_targets(config: dict) -> dict[str, dict]:
-    """id -> target over both lists, in order; raises on an id listed twice
-    in one list, or listed in both with different definitions."""
+    """id -> target over the lists of the branches that run, in order;
+    raises on an id listed twice in one list, or listed in both with
+    different definitions, and on a branch that runs without targets."""
     merged: dict[str, dict] = {}
     where: dict[str, str] = {}
-    for name, path in LISTS:
+    for name, path, branch in LISTS:
+        if branch not in branches(config):
+            continue
+        if branch == "clip" and not _get(config, path):
+            raise UnlearnflowError(
+                "config targets: empty, but branches has clip; name what to forget from the CLIP, "
+                "or leave clip out of branches"
+            )
         seen: dict[str, int] = {}
         for i, target in enumerate(_get(config, path)):
             tid = target["id"]

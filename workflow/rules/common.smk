@@ -1,21 +1,25 @@
 # Config lookups shared by the rules, and nothing else: functions only, so
 # the files that define rules stay pure wiring. No torch import here, since
 # building the DAG must stay fast.
+import os
 import re
 import shutil
 
 from unlearnflow.provenance import code_fingerprint, source_files, source_stamp
 from unlearnflow.registry import METHOD_RULES
-from unlearnflow.targets import merge_targets
+from unlearnflow.targets import branch_targets, merge_targets
 
 SHARDS = list(config["data"]["shards"])
 HELDOUT_SHARDS = list(config["data"]["heldout_shards"])
+HELDOUT_FRACTION = config["data"]["heldout_fraction"]
 MODEL = config["clip"]["name"]
 METHODS = list(config["run_methods"])
 # CLIP_TARGETS are unlearned from the CLIP; T2I_TARGETS from the diffusion
 # model (SLUG there needs their CLIP gradients too); TARGETS is every target.
-CLIP_TARGETS = [t["id"] for t in config["targets"]]
-T2I_TARGETS = [t["id"] for t in config["t2i"]["targets"]]
+# (a branch left out of config `branches` has none)
+BRANCHES = config["branches"]
+CLIP_TARGETS = branch_targets(config, "clip")
+T2I_TARGETS = branch_targets(config, "t2i")
 # one id, one concept: an id in both lists with two definitions is an error
 TARGETS = merge_targets(config)
 EVAL_SETS = ["identities", "objects", "styles"]
@@ -103,6 +107,13 @@ def check_targets():
         raise ValueError(
             f"config data: shards {overlap} are both training and held-out shards"
         )
+    if bool(HELDOUT_SHARDS) == (HELDOUT_FRACTION > 0):
+        raise ValueError(
+            "config data: MIA's non-members need exactly one source: "
+            f"data.heldout_shards (shards no model trains on; got {HELDOUT_SHARDS}) "
+            f"or data.heldout_fraction (a held-out share of the training rows; "
+            f"got {HELDOUT_FRACTION})"
+        )
     if config["data"]["source"] != "synthetic":
         return
     syn = config["data"]["synthetic"]
@@ -166,18 +177,48 @@ def synthetic_shard_spec():
     }
 
 
+_CHECKED = {}
+
+
+def checked_shard_metadata(wildcards):
+    """The rows of a LAION shard (a checkpoint's output), after checking, the
+    first time only, that the shards' captions name every target: a
+    misspelt name costs a parquet scan in the DAG, not a download. Once
+    the shard's images exist, nothing is checked (adding a target reruns
+    no download; its selection says if it matches nothing)."""
+    parquet = checkpoints.laion_shard_metadata.get(shard=wildcards.shard).output.parquet
+    if not TARGETS or os.path.exists(f"results/data/laion/{wildcards.shard}.tar"):
+        return parquet
+    key = "scan"
+    if key not in _CHECKED:
+        rows = lambda shards: [
+            checkpoints.laion_shard_metadata.get(shard=s).output.parquet for s in shards
+        ]
+        from unlearnflow.data.select import scan_metadata
+
+        _CHECKED[key] = scan_metadata(
+            rows(SHARDS),
+            rows(HELDOUT_SHARDS),
+            TARGETS,
+            config["data"]["laion"]["caption_col"],
+        )
+    return parquet
+
+
 def eval_sets_from(source):
     return [s for s in EVAL_SETS if config["data"]["eval"][s]["source"] == source]
 
 
 def data_outputs():
+    """The sets of every target of the branches that run; the zero-shot
+    eval sets when the CLIP branch runs (the only one scoring on them)."""
     return expand(
         "results/data/{target}/{name}",
         target=sorted(TARGETS),
         name=["forget.tar", "retain.tar", "heldout.tar", "summary.json"],
     ) + expand(
         "results/data/eval/{evalset}/{name}",
-        evalset=EVAL_SETS,
+        evalset=EVAL_SETS if CLIP_TARGETS else [],
         name=["val.tar", "test.tar", "classes.json"],
     )
 
@@ -277,6 +318,8 @@ def search_plots(model=MODEL):
 
 
 def clip_outputs():
+    if not CLIP_TARGETS:  # the branch is off
+        return []
     return (
         expand("results/tables/clip_unlearning.{ext}", ext=["csv", "md", "tex"])
         + ["results/tables/clip_tradeoff.png"]
@@ -292,7 +335,7 @@ def heavy_benchmarks(model=MODEL):
     same wildcard values (shards, eval sets, targets, methods, model); the
     cheap local rules (tables, plots) are left out."""
     b = "results/benchmarks"
-    shards = SHARDS + HELDOUT_SHARDS
+    shards = SHARDS + (HELDOUT_SHARDS if TARGETS else [])  # held-out: selection only
     if config["data"]["source"] == "synthetic":
         data = expand(f"{b}/synthetic_shard/{{shard}}.tsv", shard=shards)
     else:
@@ -308,6 +351,7 @@ def heavy_benchmarks(model=MODEL):
             ("folders", "ingest_eval_set"),
         )
         for s in eval_sets_from(source)
+        if CLIP_TARGETS or T2I_TARGETS  # the branches that score on them
     ]
     data += expand(f"{b}/select_sets/{{target}}.tsv", target=TARGETS)
     make = "pretrain_clip" if config["clip"]["source"] == "train" else "export_clip"
@@ -339,7 +383,7 @@ def heavy_benchmarks(model=MODEL):
 
 def provenance_tables():
     """The provenance file of every results table of the enabled branches."""
-    tables = ["clip_unlearning"]
+    tables = ["clip_unlearning"] if CLIP_TARGETS else []
     if T2I_TARGETS:
         tables.append("t2i_unlearning")
     if I2I_METHODS:
@@ -356,6 +400,8 @@ REPORT_TABLES = {
     "clip_unlearning": "Unlearning in CLIP (test split, %)",
     "costs": "Costs per job (wall seconds, peak memory)",
 }
+if not CLIP_TARGETS:
+    del REPORT_TABLES["clip_unlearning"]
 
 
 def table_views():
@@ -463,7 +509,7 @@ def t2i_cost_files(target, method):
 # ---------------------------------------------------------- image-to-image
 I2I = config["i2i"]
 I2I_MODEL = I2I["name"]
-I2I_METHODS = list(I2I["run_methods"])
+I2I_METHODS = list(I2I["run_methods"]) if "i2i" in BRANCHES else []
 I2I_SETS = ["forget", "retain", "proxy", "test_forget", "test_retain"]
 
 

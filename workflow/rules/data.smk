@@ -41,7 +41,6 @@ else:
             "logs/laion_metadata/metadata.log",
         benchmark:
             "results/benchmarks/laion_metadata/metadata.tsv"
-        retries: 2
         conda:
             "../../envs/data.yaml"
         resources:
@@ -58,7 +57,9 @@ else:
         script:
             "../scripts/stage.py"
 
-    rule laion_shard_metadata:
+    # a checkpoint: once the shards' rows exist, the targets' captions are
+    # checked in them before any image is downloaded (checked_shard_metadata)
+    checkpoint laion_shard_metadata:
         input:
             metadata="results/data/laion/metadata.parquet",
         output:
@@ -83,7 +84,8 @@ else:
 
     rule laion_images:
         input:
-            parquet="results/data/laion/{shard}.parquet",
+            # checked first: every target is named in the shards' captions
+            parquet=checked_shard_metadata,
         output:
             tar="results/data/laion/{shard}.tar",
             stats="results/data/laion/{shard}_stats.json",
@@ -187,6 +189,7 @@ rule select_sets:
         target=lambda wc: target_config(wc.target),
         target_id=lambda wc: wc.target,
         retain_size=config["selection"]["retain_size"],
+        heldout_fraction=HELDOUT_FRACTION,
         seed=config["seeds"]["data"],
     script:
         "../scripts/stage.py"

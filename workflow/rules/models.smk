@@ -30,6 +30,9 @@ if config["clip"]["source"] == "train":
             model_cfg=config["clip"]["model_cfg"],
             train=config["clip"]["train"],
             seed=config["seeds"]["train"],
+            # rows held out as MIA non-members stay unseen
+            heldout_fraction=HELDOUT_FRACTION,
+            data_seed=config["seeds"]["data"],
             device=device_of("pretrain_clip"),
         script:
             "../scripts/stage.py"

@@ -350,7 +350,9 @@ def shard_metadata(
             raise InputFileError(
                 path,
                 f"shard {shard} would start at row {begin} but the file has only {rows} rows "
-                f"(shards 00000..{last:05d} at {n} samples per shard)",
+                f"(shards 00000..{last:05d} at {n} samples per shard): list only those in config "
+                f"data.shards and data.heldout_shards (with one part and no held-out shard, set "
+                f"data.heldout_shards: [] and data.heldout_fraction), or lower data.laion.samples_per_shard",
             )
         # Read only the row groups that overlap [begin, end), a batch at a time.
         groups, offsets, pos = [], [], 0

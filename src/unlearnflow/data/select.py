@@ -10,20 +10,30 @@ disjoint from the forget set, of a configured size. The choice is a stable
 hash of (seed, key), so it is deterministic for a seed, independent of
 shard order, and grows monotonically with the size.
 
-Both are written as webdataset tars keeping the original keys, captions and
-files byte for byte; a JSON summary records counts and the matching rule.
-Rerunning gives byte-identical tars.
+Retain takes only non-empty captions and is disjoint from the forget set by
+image content as well as by key (a URL listed twice, once with a caption
+naming the target and once with none, is one picture). Held-out (MIA's
+non-members): the target's pairs of held-out shards, or of a held-out share
+of the training rows (``heldout.is_heldout``), none of whose pictures is in
+the training shards.
+
+All are written as webdataset tars keeping the original keys, captions and
+files byte for byte; a JSON summary records counts, what was dropped and
+why, and the matching rule. Rerunning gives byte-identical tars.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..io import UnlearnflowError, stable_hash, write_json
-from .shards import ShardWriter, iter_samples, read_captions
+from .heldout import is_heldout
+from .shards import IMAGE_EXTS, ShardWriter, iter_samples
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +99,15 @@ class Matcher:
         }
 
 
+def _digest(sample) -> str | None:
+    """The sha256 of a sample's image bytes (None without an image): the same
+    picture under two keys (a URL listed twice) has one digest."""
+    try:
+        return hashlib.sha256(sample.image_bytes).hexdigest()
+    except KeyError:
+        return None
+
+
 def select_sets(
     shards: list[str | Path],
     target: dict,
@@ -98,33 +117,76 @@ def select_sets(
     retain_out,
     summary_out,
     target_id: str | None = None,
+    heldout_out=None,
+    heldout_shards: list[str | Path] = (),
+    heldout_fraction: float = 0.0,
 ) -> dict:
-    """Scan ``shards``, write the forget and retain tars and the summary."""
+    """Scan ``shards``, write the forget, retain and held-out tars and the
+    summary. Every set is decided before anything is written, so a target
+    without forget or held-out pairs fails with nothing half-made.
+
+    Held-out pairs (MIA's non-members) are the target's pairs of
+    ``heldout_shards``, or, with ``heldout_fraction`` > 0, of the rows of
+    ``shards`` that ``is_heldout`` holds out (which then join neither set).
+    Retain takes only non-empty captions and no picture that is in the
+    forget set or already in retain (by image content); held-out takes no
+    picture that is in the training shards. The summary counts each drop."""
     matcher = Matcher.from_target(target)
     target_id = target_id or target["name"]
     shards = [Path(s) for s in shards]
+    heldout_shards = [Path(s) for s in heldout_shards]
     if not shards:
         raise UnlearnflowError(f"target {target_id!r}: no shards to scan")
+    if heldout_out is not None and bool(heldout_shards) == (heldout_fraction > 0):
+        raise UnlearnflowError(
+            f"target {target_id!r}: MIA's non-members need one source: held-out shards "
+            f"(config data.heldout_shards, got {list(map(str, heldout_shards))}) or a held-out share "
+            f"of the training rows (data.heldout_fraction, got {heldout_fraction}), not both or neither"
+        )
+    exts = ("txt", *IMAGE_EXTS)
 
-    # pass 1: captions only, to decide membership before writing anything
+    # pass 1: captions and image digests, to decide every set before writing
     forget_keys: set[tuple[int, str]] = set()
-    candidates: list[tuple[int, int, str]] = []
+    forget_digests: set[str] = set()
+    train_digests: set[str] = set()  # pictures a model trained on these shards saw
+    candidates: list[tuple[int, int, str, str | None]] = []
+    held: list[tuple[int, str, str | None]] = []
+    dropped = {"retain_empty_caption": 0, "no_image": 0, "heldout_rows_not_target": 0}
     per_shard = {}
     scanned = 0
     examples = []
     for si, shard in enumerate(shards):
-        n_forget = 0
-        caps = read_captions(shard)
-        for key, caption in caps:
-            if matcher(caption):
-                forget_keys.add((si, key))
+        n_forget = n_held = n = 0
+        for sample in iter_samples(shard, exts=exts):
+            n += 1
+            digest = _digest(sample)
+            if digest is None:
+                dropped["no_image"] += 1
+                continue
+            caption = sample.caption
+            hit = matcher(caption)
+            if heldout_fraction > 0 and is_heldout(sample.key, heldout_fraction, seed):
+                if hit:
+                    held.append((si, sample.key, digest))
+                    n_held += 1
+                else:
+                    dropped["heldout_rows_not_target"] += 1
+                continue
+            train_digests.add(digest)
+            if hit:
+                forget_keys.add((si, sample.key))
+                forget_digests.add(digest)
                 n_forget += 1
                 if len(examples) < 10:
                     examples.append(caption)
+            elif not caption.strip():
+                dropped["retain_empty_caption"] += 1
             else:
-                candidates.append((stable_hash(seed, key), si, key))
-        per_shard[str(shard)] = {"scanned": len(caps), "forget": n_forget}
-        scanned += len(caps)
+                candidates.append((stable_hash(seed, sample.key), si, sample.key, digest))
+        per_shard[str(shard)] = {"scanned": n, "forget": n_forget}
+        if heldout_fraction > 0:
+            per_shard[str(shard)]["heldout"] = n_held
+        scanned += n
 
     if not forget_keys:
         raise UnlearnflowError(
@@ -133,8 +195,22 @@ def select_sets(
         )
     if retain_size < 1:
         raise UnlearnflowError(f"target {target_id!r}: retain_size must be >= 1, got {retain_size}")
+
+    # retain: the lowest hashes, one copy of each picture, none of the forget set's
     candidates.sort()
-    retain_keys = {(si, key) for _, si, key in candidates[:retain_size]}
+    retain_keys: set[tuple[int, str]] = set()
+    retain_digests: set[str] = set()
+    dropped["retain_same_image_as_forget"] = dropped["retain_duplicate_image"] = 0
+    for _, si, key, digest in candidates:
+        if len(retain_keys) == retain_size:
+            break
+        if digest in forget_digests:
+            dropped["retain_same_image_as_forget"] += 1
+        elif digest in retain_digests:
+            dropped["retain_duplicate_image"] += 1
+        else:
+            retain_keys.add((si, key))
+            retain_digests.add(digest)
     if len(retain_keys) < retain_size:
         log.warning(
             "target %s: only %d retain candidates, fewer than the %d asked for",
@@ -143,9 +219,41 @@ def select_sets(
             retain_size,
         )
 
+    heldout_keys: set[tuple[int, str]] = set()
+    heldout_source = None
+    if heldout_out is not None:
+        dropped["heldout_seen_in_training"] = 0
+        held_scanned = 0
+        if heldout_shards:
+            heldout_source = {"shards": [str(s) for s in heldout_shards]}
+            for hi, shard in enumerate(heldout_shards):
+                for sample in iter_samples(shard, exts=exts):
+                    held_scanned += 1
+                    digest = _digest(sample)
+                    if digest is not None and matcher(sample.caption):
+                        held.append((hi, sample.key, digest))
+            where = f"{held_scanned} captions of the held-out shards {list(map(str, heldout_shards))} (config data.heldout_shards)"
+        else:
+            heldout_source = {"fraction": heldout_fraction, "seed": seed, "rule": "stable_hash('heldout', seed, key) / 2**64 < fraction"}
+            where = f"the {heldout_fraction:g} share of rows that data.heldout_fraction holds out of {scanned}"
+        for si, key, digest in held:
+            if digest in train_digests:
+                dropped["heldout_seen_in_training"] += 1
+            else:
+                heldout_keys.add((si, key))
+        if not heldout_keys:
+            raise UnlearnflowError(
+                f"target {target_id!r}: no held-out pair (a caption naming the target, with a picture "
+                f"no training shard has) among {where}; MIA needs non-members: configure held-out shards "
+                f"that name the target (data.heldout_shards), or set data.heldout_shards: [] and "
+                f"data.heldout_fraction (e.g. 0.1) to hold out a share of the training rows"
+            )
+
     # pass 2: copy the chosen samples, in shard order, byte for byte
-    written = {"forget": 0, "retain": 0}
-    with ShardWriter(forget_out) as fw, ShardWriter(retain_out) as rw:
+    with contextlib.ExitStack() as stack:
+        fw = stack.enter_context(ShardWriter(forget_out))
+        rw = stack.enter_context(ShardWriter(retain_out))
+        hw = stack.enter_context(ShardWriter(heldout_out)) if heldout_out is not None else None
         for si, shard in enumerate(shards):
             n_retain = 0
             for sample in iter_samples(shard):
@@ -155,8 +263,15 @@ def select_sets(
                 elif ident in retain_keys:
                     rw.write(sample)
                     n_retain += 1
+                elif heldout_fraction > 0 and ident in heldout_keys:
+                    hw.write(sample)
             per_shard[str(shard)]["retain"] = n_retain
-        written = {"forget": fw.count, "retain": rw.count}
+        if heldout_shards and hw is not None:
+            for hi, shard in enumerate(heldout_shards):
+                for sample in iter_samples(shard):
+                    if (hi, sample.key) in heldout_keys:
+                        hw.write(sample)
+        written = {"forget": fw.count, "retain": rw.count, "heldout": hw.count if hw is not None else None}
 
     summary = {
         "target": target_id,
@@ -169,33 +284,21 @@ def select_sets(
         "retain_requested": retain_size,
         "retain_candidates": len(candidates),
         "retain_short": written["retain"] < retain_size,
+        "dropped": dropped,
         "seed": seed,
         "forget_examples": examples,
     }
+    if heldout_out is not None:
+        summary["heldout"] = written["heldout"]
+        summary["heldout_source"] = heldout_source
     write_json(summary_out, summary)
     return summary
 
 
-def select_heldout(shards, target: dict, out_path, target_id: str) -> int:
-    """Target pairs from shards the model never saw: MIA's non-members."""
-    matcher = Matcher.from_target(target)
-    scanned = 0
-    with ShardWriter(out_path) as w:
-        for shard in shards:
-            for sample in iter_samples(shard):
-                scanned += 1
-                if matcher(sample.caption):
-                    w.write(sample)
-        if w.count == 0:
-            raise UnlearnflowError(
-                f"target {target_id!r}: no held-out pair among {scanned} captions of {list(map(str, shards))}"
-            )
-        return w.count
-
-
 def select_stage(inp: dict, out: dict, params: dict) -> None:
+    held = inp.get("heldout_shards") or []
     s = select_sets(
-        shards=inp["shards"],
+        shards=inp["shards"] if isinstance(inp["shards"], list) else [inp["shards"]],
         target=params["target"],
         retain_size=int(params["retain_size"]),
         seed=int(params["seed"]),
@@ -203,9 +306,48 @@ def select_stage(inp: dict, out: dict, params: dict) -> None:
         retain_out=out["retain"],
         summary_out=out["summary"],
         target_id=params["target_id"],
+        heldout_out=out.get("heldout"),
+        heldout_shards=held if isinstance(held, list) else [held],
+        heldout_fraction=float(params["heldout_fraction"]),
     )
-    print(f"{s['target']}: forget {s['forget']}, retain {s['retain']} of {s['scanned']} scanned")
-    if "heldout" in out:
-        shards = inp["heldout_shards"] if isinstance(inp["heldout_shards"], list) else [inp["heldout_shards"]]
-        n = select_heldout(shards, params["target"], out["heldout"], params["target_id"])
-        print(f"{s['target']}: {n} held-out pairs")
+    print(
+        f"{s['target']}: forget {s['forget']}, retain {s['retain']}, held-out {s.get('heldout')} "
+        f"of {s['scanned']} scanned; dropped {s['dropped']}"
+    )
+
+
+def _metadata_captions(path, caption_col: str) -> list[str]:
+    import pyarrow.parquet as pq
+
+    from ..io import InputFileError
+
+    try:
+        column = pq.read_table(path, columns=[caption_col]).column(0).to_pylist()
+    except (OSError, KeyError, ValueError) as exc:
+        raise InputFileError(path, f"cannot read caption column {caption_col!r} ({exc})") from exc
+    return ["" if c is None else str(c) for c in column]
+
+
+def scan_metadata(shards, heldout_shards, targets: dict[str, dict], caption_col: str = "TEXT") -> dict:
+    """Count each target's matching captions in the shards' metadata (before
+    any image is downloaded); raise for a target none of the training shards
+    names, or none of the held-out shards, so that a misspelt name costs a
+    parquet scan, not a download. (Some matches may still fail to download.)"""
+    shards, heldout_shards = [Path(s) for s in shards], [Path(s) for s in heldout_shards]
+    captions = {s: _metadata_captions(s, caption_col) for s in shards + heldout_shards}
+    report = {"caption_col": caption_col, "targets": {}}
+    for tid, target in targets.items():
+        matcher = Matcher.from_target(target)
+        counts = {str(s): sum(map(matcher, captions[s])) for s in shards}
+        held = {str(s): sum(map(matcher, captions[s])) for s in heldout_shards}
+        report["targets"][tid] = {"shards": counts, "heldout_shards": held}
+        for where, found, key in ((shards, counts, "data.shards"), (heldout_shards, held, "data.heldout_shards")):
+            if where and not sum(found.values()):
+                n = sum(len(captions[s]) for s in where)
+                raise UnlearnflowError(
+                    f"target {tid!r}: none of the {n} captions (column {caption_col!r}) of "
+                    f"{[str(s) for s in where]} ({key}) matches {matcher.pattern.pattern!r}; checked "
+                    f"before downloading any image: fix the target's name, aliases or regex, or the shards"
+                )
+    return report
+

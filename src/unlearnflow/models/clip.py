@@ -197,9 +197,10 @@ def tiny_config(overrides: dict | None = None) -> dict:
     return cfg
 
 
-def iter_pairs(tars, image_size: int, batch_size: int | None = None):
+def iter_pairs(tars, image_size: int, batch_size: int | None = None, skip=None):
     """(uint8 images (B, 3, S, S), captions) batches of the pairs in some tars,
-    resized to the model's image size; one batch of everything without a size."""
+    resized to the model's image size; one batch of everything without a size.
+    ``skip(key)`` true leaves a sample out."""
     from PIL import Image
 
     from ..data.shards import iter_samples
@@ -207,6 +208,8 @@ def iter_pairs(tars, image_size: int, batch_size: int | None = None):
     images, captions = [], []
     for tar in [tars] if isinstance(tars, (str, Path)) else tars:
         for s in iter_samples(tar):
+            if skip is not None and skip(s.key):
+                continue
             img = s.image()
             if img.size != (image_size, image_size):
                 img = img.resize((image_size, image_size), Image.BICUBIC)
@@ -223,9 +226,9 @@ def _stack(images: list) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
 
 
-def load_pairs(tars, image_size: int) -> tuple[torch.Tensor, list[str]]:
+def load_pairs(tars, image_size: int, skip=None) -> tuple[torch.Tensor, list[str]]:
     """All (image, caption) pairs of some tars as one uint8 tensor and a list."""
-    batches = list(iter_pairs(tars, image_size))
+    batches = list(iter_pairs(tars, image_size, skip=skip))
     if not batches:
         raise UnlearnflowError(f"no image-text pairs in {list(map(str, tars))}")
     return batches[0]
@@ -251,8 +254,12 @@ def train_tiny_clip(
     seed: int,
     device: str = "auto",
     threads: int | None = None,
+    heldout_fraction: float = 0.0,
+    data_seed: int = 0,
 ) -> dict:
-    """Pretrain a CLIP from scratch on image-text tars (InfoNCE, AdamW, cosine)."""
+    """Pretrain a CLIP from scratch on image-text tars (InfoNCE, AdamW, cosine),
+    leaving out the rows that selection holds out as MIA non-members
+    (``data.heldout.is_heldout``), so they stay unseen."""
     import open_clip
     from tqdm import tqdm
 
@@ -262,7 +269,14 @@ def train_tiny_clip(
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     size = model_cfg["vision_cfg"]["image_size"]
-    images, captions = load_pairs(tars, size)
+    skip = None
+    if heldout_fraction > 0:
+        from ..data.heldout import is_heldout
+
+        def skip(key):
+            return is_heldout(key, heldout_fraction, data_seed)
+
+    images, captions = load_pairs(tars, size, skip=skip)
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=model_cfg["text_cfg"]["context_length"])
     tokens = tokenizer(captions)
     model = open_clip.CLIP(**model_cfg).to(dev)
@@ -323,6 +337,7 @@ def train_tiny_clip(
             "lr": lr,
             "weight_decay": weight_decay,
             "seed": seed,
+            "heldout_fraction": heldout_fraction,
             "final_loss": float(np.mean(losses[-20:])),
             "seconds": round(time.time() - start, 1),
             "device": str(dev),
@@ -352,6 +367,8 @@ def pretrain_stage(inp: dict, out: dict, params: dict) -> None:
         seed=int(params["seed"]),
         device=params.get("device", "auto"),
         threads=params.get("threads"),
+        heldout_fraction=float(params["heldout_fraction"]),
+        data_seed=int(params["data_seed"]),
     )
     print(json.dumps(info["train"], indent=1))
 
