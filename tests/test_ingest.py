@@ -302,3 +302,33 @@ def test_empty_class_folder_and_bad_params(tmp_path):
         ing.ingest("laion", root, out, image_size=SIZE, seed=0)
     with pytest.raises(InputFileError, match="names file not found"):
         ing.ingest("imagenet", root, out, image_size=SIZE, seed=0, names_file=tmp_path / "missing.txt")
+
+
+def test_unreadable_images_are_skipped_counted_and_listed_up_to_a_share(tmp_path):
+    root = tmp_path / "uc"
+    n = unlearncanvas_tree(root)
+    bad = root / "Van_Gogh" / "Dogs" / "9.jpg"
+    bad.write_bytes(b"<html>not a picture</html>")
+    out = outputs(tmp_path / "out")
+    info = ing.ingest("unlearncanvas", root, out, image_size=SIZE, seed=0, max_unreadable=0.2, listing="abc")
+    assert sum(info["counts"].values()) == n  # 9.jpg was an extra file
+    assert info["source"]["unreadable"] == 1 and info["source"]["unreadable_files"][0]["file"] == "Van_Gogh/Dogs/9.jpg"
+    assert info["source"]["listing"] == "abc"
+    assert len(read_set(out)["val"]) + len(read_set(out)["test"]) == n
+    # above the share: an error naming the files, nothing written
+    for i in range(5):  # 6 bad of 24, 4 allowed
+        (root / "Abstractionism" / "Dogs" / f"{i + 10}.jpg").write_bytes(b"\x00" * 10)
+    out2 = outputs(tmp_path / "out2")
+    with pytest.raises(InputFileError, match=r"unreadable of .*max_unreadable=0.2") as e:
+        ing.ingest("unlearncanvas", root, out2, image_size=SIZE, seed=0, max_unreadable=0.2)
+    assert "Abstractionism/Dogs/10.jpg" in str(e.value)
+    assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").iterdir())
+
+
+def test_a_tree_configured_as_another_kind_of_set_is_refused(tmp_path):
+    root = tmp_path / "uc"
+    unlearncanvas_tree(root)
+    with pytest.raises(UnlearnflowError, match=r"data.eval.identities: .* is a tree of styles, not of identities"):
+        ing.ingest("unlearncanvas", root, outputs(tmp_path / "o"), image_size=SIZE, seed=0, evalset="identities")
+    info = ing.ingest("unlearncanvas", root, outputs(tmp_path / "o"), image_size=SIZE, seed=0, evalset="styles")
+    assert info["kind"] == "style"

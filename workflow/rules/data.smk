@@ -160,7 +160,14 @@ rule ingest_eval_set:
         runtime=60,
     params:
         code=code_of("ingest_eval_set"),
+        evalset=lambda wc: wc.evalset,
         folders=lambda wc: config["data"]["eval"][wc.evalset],
+        # the tree's file list (names, sizes, mtimes) and the names file:
+        # an image added, removed or replaced reruns the ingestion
+        listing=lambda wc: source_stamp(config["data"]["eval"][wc.evalset]["root"]),
+        names_stamp=lambda wc: source_stamp(
+            config["data"]["eval"][wc.evalset].get("names_file")
+        ),
         seed=config["seeds"]["data"],
     script:
         "../scripts/stage.py"

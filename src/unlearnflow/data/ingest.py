@@ -455,9 +455,16 @@ def ingest(
     top_k: int | None = None,
     min_images: int = 1,
     names_file: os.PathLike | str | None = None,
+    evalset: str | None = None,
+    max_unreadable: float = 0.0,
+    listing: str | None = None,
 ) -> dict:
     """Write ``outputs['val']``, ``outputs['test']`` and ``outputs['classes']``.
 
+    ``evalset``, when given, is the set the tree is configured as: a layout
+    that makes another kind of set (a styles tree as ``identities``) is an
+    error. Unreadable image files are skipped and listed, up to a share of
+    ``max_unreadable`` of all planned files; above it nothing is written.
     Returns the ``classes.json`` contents.
     """
     image_size, seed, min_images = int(image_size), int(seed), int(min_images)
@@ -477,6 +484,12 @@ def ingest(
         raise UnlearnflowError(f"ingest: outputs {missing} not given")
 
     cat = scan(layout, root, names_file)
+    if evalset is not None and cat.evalset != evalset:
+        raise UnlearnflowError(
+            f"config data.eval.{evalset}: {root} read as layout {cat.layout!r} ({EXPECTED[cat.layout]}) "
+            f"is a tree of {cat.evalset}, not of {evalset}: configure it under data.eval.{cat.evalset}, "
+            f"or give the layout of a {evalset} tree"
+        )
     kept, planned = plan(
         cat,
         seed=seed,
@@ -490,10 +503,25 @@ def ingest(
     n_obj = len(cat.objects)
     counts = dict.fromkeys(SPLITS, 0)
     j_of: dict[tuple[str, int], int] = {}
-    # both tars are open together: a bad image anywhere leaves neither behind
+    unreadable: list[dict] = []
+    allowed = int(float(max_unreadable) * len(planned))
+    # both tars are open together: too many bad images leave neither behind
     with contextlib.ExitStack() as stack:
         writers = {s: stack.enter_context(ShardWriter(outputs[s])) for s in SPLITS}
         for p in planned:
+            try:
+                jpg = load_image(p.image.path, image_size)
+            except InputFileError as exc:
+                unreadable.append({"file": p.image.rel, "error": str(exc.__cause__ or exc)})
+                if len(unreadable) > allowed:
+                    first = ", ".join(u["file"] for u in unreadable[:5])
+                    raise InputFileError(
+                        p.image.path,
+                        f"not a readable image; {len(unreadable)} unreadable of {len(planned)} files under "
+                        f"{root} ({first}), more than max_unreadable={max_unreadable} allows "
+                        f"({allowed}): fix or remove them, or raise data.eval.<set>.max_unreadable",
+                    ) from exc
+                continue
             label = classes[p.label_index]
             meta = {"label": label, "label_index": p.label_index, "split": p.split, "kind": kind}
             if kind == "style":
@@ -511,7 +539,7 @@ def ingest(
                 Sample(
                     f"{evalset}_{p.split}_{cell:04d}_{j:05d}",
                     {
-                        "jpg": load_image(p.image.path, image_size),
+                        "jpg": jpg,
                         "txt": text,
                         "json": json.dumps(meta),
                         "cls": str(p.label_index),
@@ -533,6 +561,9 @@ def ingest(
         "top_k": top_k,
         "min_images": min_images,
         "names_file": cat.names_file,
+        "listing": listing,
+        "unreadable": len(unreadable),
+        "unreadable_files": unreadable[:50],
     }
     if any(cat.name(c) != c for c in kept):
         source["class_ids"] = list(kept)  # e.g. CelebA identity numbers, ImageNet wnids
@@ -547,7 +578,8 @@ def _opt_int(value):
 
 def eval_stage(inp: dict, out: dict, params: dict) -> None:
     """Stage ``ingest_eval_set``: a real benchmark folder -> val/test tars + classes.json."""
-    # the rule passes the set's whole config block as params["folders"]
+    # the rule passes the set's whole config block as params["folders"] (and
+    # the tree's listing and names-file stamps, rerun triggers recorded here)
     params = {**params.get("folders", {}), **{k: v for k, v in params.items() if k != "folders"}}
     for k in ("layout", "root", "image_size", "seed"):
         if params.get(k) in (None, ""):
@@ -563,6 +595,9 @@ def eval_stage(inp: dict, out: dict, params: dict) -> None:
         top_k=_opt_int(params.get("top_k")),
         min_images=_opt_int(params.get("min_images")) or 1,
         names_file=params.get("names_file") or None,
+        evalset=params.get("evalset"),
+        max_unreadable=float(params.get("max_unreadable") or 0.0),
+        listing=params.get("listing"),
     )
     print(
         f"{info['source']['layout']} {params['root']}: {info['counts']} images "
