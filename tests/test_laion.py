@@ -395,6 +395,12 @@ def test_fetch_images_end_to_end(server, tmp_path):
     parquet, df = _image_parquet(server, tmp_path)
     sigint = signal.getsignal(signal.SIGINT)
     tar, stats_path = tmp_path / "out" / "00003.tar", tmp_path / "out" / "00003_stats.json"
+    # the work folder of a download that was hard-killed, and another shard's
+    stale = tmp_path / "out" / ".00003.tar.img2dataset.x1y2"
+    (stale / "out").mkdir(parents=True)
+    (stale / "out" / "00000.tar").write_bytes(b"half")
+    other = tmp_path / "out" / ".00004.tar.img2dataset.zz"
+    other.mkdir()
     stats = laion.fetch_images(
         parquet, "00003", tar, stats_path, image_size=32, processes=1, threads=4, timeout=5,
         samples_per_shard=10_000,
@@ -430,8 +436,8 @@ def test_fetch_images_end_to_end(server, tmp_path):
     # webdataset itself reads it
     got = [(x["__key__"], x["txt"].decode()) for x in wds.WebDataset(str(tar), shardshuffle=False)]
     assert got == [(s.key, s.caption) for s in samples]
-    # img2dataset's scratch folder is gone
-    assert sorted(p.name for p in tar.parent.iterdir()) == ["00003.tar", "00003_stats.json"]
+    # img2dataset's scratch folder is gone, the stale one too; another output's is kept
+    assert sorted(p.name for p in tar.parent.iterdir()) == [".00004.tar.img2dataset.zz", "00003.tar", "00003_stats.json"]
 
 
 def test_images_stage_all_urls_failing_is_an_error(server, tmp_path):

@@ -29,7 +29,19 @@ class InputFileError(UnlearnflowError):
 
     def __init__(self, path: os.PathLike | str, problem: str):
         self.path = str(path)
-        super().__init__(f"{self.path}: {problem}")
+        super().__init__(f"{self.path}: {problem}{recovery_hint(self.path)}")
+
+
+def recovery_hint(path: str) -> str:
+    """How to recover from a damaged file that the pipeline made (under
+    ``results/``): remove it, and Snakemake remakes it and what depends on it."""
+    parts = Path(path).parts
+    if "results" not in parts or not os.path.exists(path):
+        return ""
+    return (
+        f" (made by this pipeline: delete it, `rm {path}`, and rerun snakemake, which remakes it "
+        f"and everything that depends on it)"
+    )
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -46,6 +47,8 @@ from typing import Callable, Iterable
 from ..io import InputFileError, UnlearnflowError, sha256_file, write_json, write_parquet
 from .shards import Sample, ShardWriter, iter_samples, split_member_name
 from .synthetic import ADDITIONAL_COLUMNS, sample_key, shard_number
+
+log = logging.getLogger(__name__)
 
 # Longest wait between two attempts, whatever the backoff or Retry-After says.
 MAX_BACKOFF_S = 60.0
@@ -506,7 +509,14 @@ def fetch_images(
     extra = [c for c in additional_columns if c in names and c not in (url_col, caption_col)]
 
     tar_out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{tar_out.name}.img2dataset.", dir=tar_out.parent))
+    # a hard-killed download leaves its work folder: Snakemake runs one job
+    # per output at a time, so any folder of this output's is stale
+    prefix = f".{tar_out.name}.img2dataset."
+    for stale in tar_out.parent.glob(prefix + "*"):
+        if stale.is_dir():
+            log.warning("removing %s, left by a download that was killed", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=tar_out.parent))
     out_dir = tmp / "out"
     try:
         with _img2dataset_env():

@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..io import UnlearnflowError, stable_hash, write_json
+from ..io import InputFileError, UnlearnflowError, stable_hash, write_json
 from .heldout import is_heldout
 from .shards import IMAGE_EXTS, ShardWriter, iter_samples
 
@@ -183,6 +183,10 @@ def select_sets(
                 dropped["retain_empty_caption"] += 1
             else:
                 candidates.append((stable_hash(seed, sample.key), si, sample.key, digest))
+        if n == 0:
+            raise InputFileError(
+                shard, f"target {target_id!r}: an empty shard (no samples); drop it from data.shards or remake it"
+            )
         per_shard[str(shard)] = {"scanned": n, "forget": n_forget}
         if heldout_fraction > 0:
             per_shard[str(shard)]["heldout"] = n_held
@@ -318,8 +322,6 @@ def select_stage(inp: dict, out: dict, params: dict) -> None:
 
 def _metadata_captions(path, caption_col: str) -> list[str]:
     import pyarrow.parquet as pq
-
-    from ..io import InputFileError
 
     try:
         column = pq.read_table(path, columns=[caption_col]).column(0).to_pylist()

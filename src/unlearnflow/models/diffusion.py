@@ -270,7 +270,8 @@ def save_t2i(components: dict, out_dir, info: dict) -> dict:
     (model.json last), so a killed job leaves no folder that looks complete."""
     out_dir = Path(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # of killed jobs (one job per output)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir(parents=True)
     index = {"_class_name": info.get("pipeline_class", "UnlearnflowTextToImage"), "_diffusers_version": _dv()}
     for name, comp in components.items():
