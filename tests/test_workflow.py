@@ -79,6 +79,22 @@ def test_schema_errors_name_the_key_and_allowed_values(workflow):
     assert "source" in out
 
 
+def test_check_config_names_the_file_and_line_snakemake_does_not(tmp_path, capfd):
+    from unlearnflow.cli import main
+
+    bad = tmp_path / "my.yaml"
+    bad.write_text('data:\n  shards: ["00000"\n  source: laion\n')
+    assert main(["check-config", str(bad)]) == 1
+    assert f"{bad}: not valid YAML at line 3, column 3" in capfd.readouterr().err
+    bad.write_text("data:\n  sourse: laion\nselection: {retain_size: 0}\n")
+    assert main(["check-config", str(bad)]) == 1
+    err = capfd.readouterr().err
+    assert "config data: Additional properties are not allowed ('sourse' was unexpected)" in err
+    assert "config selection.retain_size: 0 is less than the minimum of 1" in err
+    bad.write_text("branches: [clip]\n")
+    assert main(["check-config", str(bad)]) == 0
+
+
 def test_unknown_target_names_the_known_ones(workflow):
     cfg = small_config(targets=[{"id": "x", "name": "Zed Nobody", "kind": "identity"}])
     code, out = workflow.run("-n", cfg=cfg, check=False)
@@ -140,7 +156,19 @@ def test_eval_set_from_user_folders(workflow, tmp_path):
     workflow.run("results/data/eval/identities/test.tar", cfg=cfg)
     classes = json.loads((workflow.workdir / "results/data/eval/identities/classes.json").read_text())
     assert classes["classes"] == ["Ada_Lovelace", "Alan Turing"]
-    assert sum(classes["counts"].values()) == 8
+    assert sum(classes["counts"].values()) == 8 and classes["source"]["listing"]
+    # the tree's listing is a rerun trigger: an image added reruns the ingestion
+    _, out = workflow.run("-n", "results/data/eval/identities/test.tar", cfg=cfg)
+    assert "Nothing to be done" in out
+    Image.new("RGB", (48, 40), (9, 9, 9)).save(root / "Ada_Lovelace" / "new.jpg")
+    _, out = workflow.run("results/data/eval/identities/test.tar", cfg=cfg)
+    assert "rule ingest_eval_set" in out
+    classes = json.loads((workflow.workdir / "results/data/eval/identities/classes.json").read_text())
+    assert sum(classes["counts"].values()) == 9
+    # a tree of another kind under `identities` is refused, naming the key
+    cfg["data"]["eval"]["identities"]["layout"] = "imagenet"
+    code, out = workflow.run("results/data/eval/identities/test.tar", cfg=cfg, check=False)
+    assert code != 0 and "data.eval.identities" in out and "is a tree of objects, not of identities" in out
     # a folders set without its root is a schema error naming the key
     del cfg["data"]["eval"]["identities"]["root"]
     code, out = workflow.run("-n", cfg=cfg, check=False)

@@ -17,6 +17,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -195,9 +196,96 @@ def _pairs(items: list[str], what: str) -> dict:
     return out
 
 
+_NAME_READ = re.compile(r"""\b(inp|out|params)(?:\[|\.get\()\s*["'](\w+)["']""")
+
+
+def stage_names(name: str) -> dict[str, list[str]]:
+    """The input, output and params names a stage's function reads, from its
+    source (what ``python -m unlearnflow STAGE --help`` lists)."""
+    import inspect
+
+    names: dict[str, list[str]] = {"inp": [], "out": [], "params": []}
+    for what, key in _NAME_READ.findall(inspect.getsource(get_stage(name))):
+        if key not in names[what]:
+            names[what].append(key)
+    return names
+
+
+def stage_help(name: str) -> str:
+    import inspect
+
+    fn = get_stage(name)
+    doc = (inspect.getdoc(fn) or inspect.getdoc(sys.modules[fn.__module__]) or "").split("\n\n")[0]
+    n = stage_names(name)
+    rows = [f"{name} ({STAGES[name]})", doc, ""]
+    for what, label in (("inp", "--input"), ("out", "--output")):
+        rows.append(f"{label} NAME=PATH, names read: {', '.join(n[what]) or '(none)'}")
+    rows.append(f"--params JSON keys read: {', '.join(n['params']) or '(none)'}")
+    rows.append(f"(the rule {name} in workflow/rules/*.smk shows the values the pipeline passes)")
+    return "\n".join(rows)
+
+
+def check_config(paths: list[str]) -> list[str]:
+    """Problems of config files, each naming its file (and line, for YAML
+    syntax; key path, for the schema): what Snakemake reports only as "not
+    valid JSON or YAML". The files are layered over config.yaml as Snakemake
+    does (dicts merged, other values replaced) before the schema check."""
+    from pathlib import Path
+
+    import jsonschema
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    merged: dict = {}
+
+    def merge(into: dict, new: dict) -> None:
+        for k, v in new.items():
+            if isinstance(v, dict) and isinstance(into.get(k), dict):
+                merge(into[k], v)
+            else:
+                into[k] = v
+
+    problems = []
+    for path in [str(repo / "config.yaml"), *paths]:
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f) or {}
+        except OSError as exc:
+            problems.append(f"{path}: cannot read ({exc.strerror})")
+            continue
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+            problems.append(f"{path}: not valid YAML at {where}: {getattr(exc, 'problem', exc)}")
+            continue
+        if not isinstance(data, dict):
+            problems.append(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+            continue
+        merge(merged, data)
+    if problems:
+        return problems
+    with open(repo / "workflow/schemas/config.schema.yaml") as f:
+        schema = yaml.safe_load(f)
+    for err in sorted(jsonschema.Draft202012Validator(schema).iter_errors(merged), key=lambda e: list(e.path)):
+        key = ".".join(str(p) for p in err.path) or "(top level)"
+        problems.append(f"config {key}: {err.message}")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "check-config":
+        problems = check_config(argv[1:])
+        for p in problems:
+            print(f"unlearnflow: {p}", file=sys.stderr)
+        if not problems:
+            print(f"config OK: config.yaml + {' + '.join(argv[1:]) or 'nothing'}")
+        return 1 if problems else 0
+    if argv and argv[0] in STAGES and any(a in ("-h", "--help") for a in argv[1:]):
+        print(stage_help(argv[0]))
+        return 0
     ap = argparse.ArgumentParser(prog="unlearnflow", description=__doc__.split("\n\n")[0])
-    ap.add_argument("stage", help="stage name (= Snakemake rule name), or 'list'")
+    ap.add_argument("stage", help="stage name (= Snakemake rule name), 'list', or 'check-config FILE...'")
     ap.add_argument("--input", action="append", default=[], metavar="NAME=PATH")
     ap.add_argument("--output", action="append", default=[], metavar="NAME=PATH")
     ap.add_argument("--params", default="{}", help="JSON object, or @file.json")
@@ -216,9 +304,23 @@ def main(argv: list[str] | None = None) -> int:
     except json.JSONDecodeError as exc:
         raise SystemExit(f"--params is not valid JSON: {exc}") from exc
     term = _log_to(args.log)
+    inp, out = _pairs(args.input, "input"), _pairs(args.output, "output")
     try:
-        run_stage(args.stage, _pairs(args.input, "input"), _pairs(args.output, "output"), params)
+        run_stage(args.stage, inp, out, params)
     except UnlearnflowError as exc:
         print(f"unlearnflow: error: {exc}", file=term)
+        return 1
+    except KeyError as exc:
+        key = exc.args[0] if exc.args else None
+        names = stage_names(args.stage) if args.stage in STAGES else {}
+        where = [w for w, d in (("params", params), ("inp", inp), ("out", out)) if key in names.get(w, []) and key not in d]
+        if not where:
+            raise
+        flag = {"params": "--params key", "inp": "--input", "out": "--output"}[where[0]]
+        print(
+            f"unlearnflow: error: stage {args.stage} needs {flag} {key!r}; "
+            f"`python -m unlearnflow {args.stage} --help` lists what it reads",
+            file=term,
+        )
         return 1
     return 0
