@@ -127,3 +127,21 @@ def test_shardwriter_exception_removes_temp(tmp_path):
             w.write(Sample("a", {"txt": "1"}))
             raise KeyError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tensor_files_and_saved_models_have_the_umasks_permissions(tmp_path):
+    """safetensors writes owner-only files; outputs are ordinary files that a
+    group (or a web server of the report) can read."""
+    import torch
+
+    from unlearnflow.io import make_readable, save_tensors
+
+    dest = tmp_path / "g.safetensors"
+    save_tensors(dest, {"w": torch.zeros(2)}, {"k": "v"})
+    assert oct(dest.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    (tmp_path / "m").mkdir()
+    f = tmp_path / "m" / "x.bin"
+    f.write_bytes(b"1")
+    os.chmod(f, 0o600)
+    make_readable(tmp_path / "m")
+    assert oct(f.stat().st_mode & 0o777) == oct(0o666 & ~_umask())

@@ -32,6 +32,14 @@ class InputFileError(UnlearnflowError):
         super().__init__(f"{self.path}: {problem}{recovery_hint(self.path)}")
 
 
+def make_readable(folder: os.PathLike | str) -> None:
+    """Give every file under ``folder`` the umask's permissions (libraries
+    such as safetensors write owner-only 0600 files)."""
+    for path in Path(folder).rglob("*"):
+        if path.is_file():
+            os.chmod(path, 0o666 & ~_UMASK)
+
+
 def recovery_hint(path: str) -> str:
     """How to recover from a damaged file that the pipeline made (under
     ``results/``): remove it, and Snakemake remakes it and what depends on it."""
@@ -63,6 +71,9 @@ def atomic_path(dest: os.PathLike | str, suffix: str | None = None) -> Iterator[
         yield tmp_path
         if not tmp_path.exists():
             raise UnlearnflowError(f"{dest}: nothing was written")
+        # again: writers such as safetensors replace the file with their own
+        # 0600 temp file
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..io import InputFileError, UnlearnflowError, read_json, write_json
+from ..io import InputFileError, UnlearnflowError, make_readable, read_json, write_json
 from .clip import resolve_device
 
 log = logging.getLogger(__name__)
@@ -280,6 +280,7 @@ def save_t2i(components: dict, out_dir, info: dict) -> dict:
         comp.save_pretrained(tmp / name)
         index[name] = [type(comp).__module__.split(".")[0], type(comp).__name__]
     (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+    make_readable(tmp)
     out_dir.mkdir(parents=True, exist_ok=True)
     for child in tmp.iterdir():
         dest = out_dir / child.name
