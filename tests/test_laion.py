@@ -716,3 +716,23 @@ def test_a_dead_metadata_url_is_requested_once(server, tmp_path):
     code, out = wf.run("results/data/mira_castell/summary.json", cfg=_laion_cfg(server, mira), check=False)
     assert code != 0 and "404" in out
     assert len(server.state.requests_for("/meta.parquet")) == 1
+
+
+def test_the_loopback_part_of_the_readme_walkthrough(tmp_path):
+    """scripts/loopback-laion.py makes a LAION-schema part whose URLs point
+    at its files, with dead links and an HTML page among them."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("loopback", REPO / "scripts/loopback-laion.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    part = mod.make_part(tmp_path, 120, 0, "http://127.0.0.1:1")
+    df = pd.read_parquet(part)
+    assert list(df.columns) == LAION_COLUMNS and len(df) == 120
+    files = [tmp_path / u.removeprefix("http://127.0.0.1:1/") for u in df["URL"]]
+    missing = [f for f in files if not f.exists()]
+    assert len(missing) == 2 and all("gone" in f.name for f in missing)  # rows 13 and 110
+    assert (tmp_path / "img/7.jpg").read_bytes().startswith(b"<!doctype html>")
+    assert df["TEXT"].str.contains("Mira Castell", case=False).any()

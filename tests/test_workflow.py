@@ -322,12 +322,14 @@ def test_branches_switch_whole_branches_and_the_readme_example_runs_only_clip(wo
     code, out = workflow.run("-n", cfg=cfg | {"targets": []}, check=False)
     assert code != 0 and "config targets: empty, but branches has clip" in out
 
-    section = (REPO / "README.md").read_text().split("## Real data", 1)[1]
-    example = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
-    _, out = workflow.run("-n", cfg=example)
-    counts = job_counts(out)
-    assert CLIP_RULES <= set(counts) and not (T2I_RULES | I2I_RULES) & set(counts), counts
-    assert counts["laion_images"] == 2 and counts["select_sets"] == 1 and "synthetic_shard" not in counts
+    readme = (REPO / "README.md").read_text()
+    for heading, shards in (("## Real data", 2), ("## Your own data", 1)):
+        section = readme.split(heading, 1)[1]
+        example = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
+        _, out = workflow.run("-n", cfg=example)
+        counts = job_counts(out)
+        assert CLIP_RULES <= set(counts) and not (T2I_RULES | I2I_RULES) & set(counts), (heading, counts)
+        assert counts["laion_images"] == shards and counts["select_sets"] == 1 and "synthetic_shard" not in counts
 
 
 def test_no_mia_non_member_source_is_a_config_error(workflow):
