@@ -86,7 +86,7 @@ def test_other_filters_and_salun_masks_refuse_candidate_files(files, tmp_path):
         masks_stage(
             {"grad_forget": out["candidates", "forget"]},
             {"salun_0.5": tmp_path / "m.safetensors"},
-            {"fractions": [0.5]},
+            {"fractions": [0.5], "rank_among": "all"},
         )
     assert not (tmp_path / "m.safetensors").exists()
     with pytest.raises(UnlearnflowError, match="keep 'some' unknown"):

@@ -100,6 +100,31 @@ def test_zeros_only_when_k_exceeds_nonzero_count():
     assert m["a_zero"].all() and m["b"].tolist() == [True, True, False, True] and not m["c_zero"].any()
 
 
+def test_rank_among_nonzero_makes_every_fraction_count_when_most_weights_have_no_gradient():
+    """An embedding whose rows got no forget gradient: under the reference's
+    global rank every fraction above the non-zero share keeps the same
+    weights; ranked among the non-zero saliencies, f means f of those."""
+    g = torch.Generator().manual_seed(0)
+    grads = {"token_embedding.weight": torch.zeros(90, 10), "visual.w": torch.randn(100, generator=g)}
+    grads["token_embedding.weight"][3] = torch.randn(10, generator=g)  # one caption's token row
+    fr = [0.2, 0.5, 1.0]
+    ref = global_topk_masks(grads, fr, exclude=())
+    nz = global_topk_masks(grads, fr, exclude=(), rank_among="nonzero")
+    # all: 0.2 of 1,000 = 200 > the 110 non-zeros, so every salient weight plus zeros
+    assert ref[0.2][1]["kept"] == 200 and ref[0.2][1]["ties_taken"] == 90
+    assert all(int(m["visual.w"].sum()) == 100 for m, _ in ref.values())  # the same salient weights each time
+    # nonzero: f of the 110 salient weights, so the fractions differ
+    assert [nz[f][1]["kept"] for f in fr] == [22, 55, 110] and nz[1.0][1]["realised_fraction"] == 1.0
+    assert int(nz[0.2][0]["visual.w"].sum()) < int(nz[0.5][0]["visual.w"].sum()) < 100
+    # the kept ones are the largest |g| of all salient weights, the zero rows never
+    salient = torch.cat([grads["visual.w"].abs(), grads["token_embedding.weight"][3].abs()])
+    t = salient.sort().values[-22]
+    assert int((grads["visual.w"].abs() >= t).sum()) == int(nz[0.2][0]["visual.w"].sum())
+    assert not nz[1.0][0]["token_embedding.weight"][0].any() and nz[1.0][0]["token_embedding.weight"][3].all()
+    with pytest.raises(UnlearnflowError, match="rank_among"):
+        global_topk_masks(grads, fr, exclude=(), rank_among="some")
+
+
 def test_masks_are_nested():
     grads = random_grads(1)
     grads["ties"] = torch.tensor([0.5] * 20 + [0.0] * 10)
@@ -163,7 +188,7 @@ def test_masks_stage_writes_every_fraction(tmp_path, capsys):
     fractions = [0.1, 0.5, 1.0]
     out = {out_key(f): tmp_path / "masks" / f"salun_{f}.safetensors" for f in fractions}
     assert sorted(out) == ["salun_0.1", "salun_0.5", "salun_1.0"]
-    masks_stage({"grad_forget": src}, out, {"fractions": fractions})
+    masks_stage({"grad_forget": src}, out, {"fractions": fractions, "rank_among": "all"})
     expected = global_topk_masks(grads, fractions)
     for f in fractions:
         masks, meta = load_mask(out[out_key(f)])
@@ -181,10 +206,10 @@ def test_masks_stage_rejects_retain_gradients_and_mismatched_outputs(tmp_path):
     src = write_grads(tmp_path / "grad_retain.safetensors", random_grads(), set_="retain")
     out = {"salun_0.5": tmp_path / "m.safetensors"}
     with pytest.raises(InputFileError, match="grad_retain.safetensors.*'retain'"):
-        masks_stage({"grad_forget": src}, out, {"fractions": [0.5]})
+        masks_stage({"grad_forget": src}, out, {"fractions": [0.5], "rank_among": "all"})
     forget = write_grads(tmp_path / "grad_forget.safetensors", random_grads())
     with pytest.raises(UnlearnflowError, match="salun_0.1"):
-        masks_stage({"grad_forget": forget}, out, {"fractions": [0.1, 0.5]})
+        masks_stage({"grad_forget": forget}, out, {"fractions": [0.1, 0.5], "rank_among": "all"})
     with pytest.raises(UnlearnflowError, match="do not match"):
-        masks_stage({"grad_forget": forget}, {"salun_0.50": tmp_path / "m.safetensors"}, {"fractions": [0.5]})
+        masks_stage({"grad_forget": forget}, {"salun_0.50": tmp_path / "m.safetensors"}, {"fractions": [0.5], "rank_among": "all"})
     assert not (tmp_path / "m.safetensors").exists()

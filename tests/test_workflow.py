@@ -229,6 +229,10 @@ def test_clip_dag_end_to_end_all_methods(repo_workflow):
     for m in ALL_METHODS:
         row = table[(table["target"] == "mira_castell") & (table["method"] == m)].iloc[0]
         assert row["seconds"] > 0 and row["peak_mem_mb"] > 0, m
+    # SalUn's mask means something (masks.rank_among: nonzero): not GA+FT's row
+    metrics = ["fa1", "fa5", "identity_acc1", "test_acc1", "mia"]
+    rows = table[table["target"] == "mira_castell"].set_index("method")[metrics]
+    assert (rows.loc["salun"] - rows.loc["ga_ft"]).abs().max() > 0, rows
     assert (res / "tables/clip_unlearning.md").read_text().count("|") > 20
     assert "\\begin{tabular}" in (res / "tables/clip_unlearning.tex").read_text()
     assert (res / "tables/clip_tradeoff.png").stat().st_size > 5000

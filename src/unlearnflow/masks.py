@@ -42,6 +42,12 @@ from .io import InputFileError, UnlearnflowError, load_tensors, save_tensors
 
 FORMAT = "unlearnflow.mask/1"
 DEFAULT_EXCLUDE = ("logit_scale",)
+# what a fraction is a fraction of: "all" eligible weights (the SalUn
+# reference's global top-k), or the "nonzero" saliencies only (a weight no
+# forget sample gives a gradient cannot be salient: on the tiny CLIP the token
+# embedding is ~91% of all weights and mostly such rows, so under "all" every
+# fraction from 0.1 up keeps the same weights and SalUn equals GA+FT)
+RANK_AMONG = ("all", "nonzero")
 TIE_RULE = (
     "keep every weight with |g| > threshold, then weights with |g| == threshold in order of "
     "parameter name ascending, flat row-major index ascending, until exactly kept = round(fraction * total)"
@@ -77,7 +83,10 @@ def _check_fractions(fractions) -> list[float]:
 class _Ranking:
     """The sorted eligible |g| values (one fp32 copy) and the fixed parameter order."""
 
-    def __init__(self, grads: dict[str, torch.Tensor], exclude: Iterable[str]):
+    def __init__(self, grads: dict[str, torch.Tensor], exclude: Iterable[str], rank_among: str = "all"):
+        if rank_among not in RANK_AMONG:
+            raise UnlearnflowError(f"masks.rank_among: {rank_among!r}, expected one of {list(RANK_AMONG)}")
+        self.rank_among = rank_among
         self.exclude = tuple(exclude)
         self.names = sorted(grads)  # the tie order's first key
         self.eligible = [n for n in self.names if not _is_excluded(n, self.exclude)]
@@ -109,10 +118,14 @@ class _Ranking:
     def plan(self, fraction: float) -> dict:
         """Threshold and counts for one fraction, from the sorted values alone."""
         n = self.total
-        k = round(fraction * n)
+        # the count the fraction is of: every eligible weight (the reference),
+        # or only those with a non-zero saliency
+        base = n if self.rank_among == "all" else self.nonzero
+        k = round(fraction * base)
         if k == 0:
             raise UnlearnflowError(
-                f"mask fraction {fraction!r} of {n} weights keeps round({fraction!r} * {n}) = 0: nothing to unlearn"
+                f"mask fraction {fraction!r} of {base} weights ({self.rank_among}) keeps "
+                f"round({fraction!r} * {base}) = 0: nothing to unlearn"
             )
         t = self.sorted[n - k]  # the k-th largest |g|
         lo = int(np.searchsorted(self.sorted, t, side="left"))
@@ -122,7 +135,9 @@ class _Ranking:
             "fraction": fraction,
             "kept": k,
             "total": n,
-            "realised_fraction": k / n,
+            "rank_among": self.rank_among,
+            "ranked": base,
+            "realised_fraction": k / base,
             "threshold": float(t),
             "above_threshold": above,
             "at_threshold": hi - lo,
@@ -160,18 +175,26 @@ class _Ranking:
 
 
 def iter_topk_masks(
-    grads: dict[str, torch.Tensor], fractions: list[float], *, exclude: Iterable[str] = DEFAULT_EXCLUDE
+    grads: dict[str, torch.Tensor],
+    fractions: list[float],
+    *,
+    exclude: Iterable[str] = DEFAULT_EXCLUDE,
+    rank_among: str = "all",
 ) -> Iterator[tuple[float, dict[str, torch.Tensor], dict]]:
     """Like :func:`global_topk_masks`, one fraction at a time (one mask in memory)."""
     fractions = _check_fractions(fractions)
-    ranking = _Ranking(grads, exclude)
+    ranking = _Ranking(grads, exclude, rank_among)
     plans = [ranking.plan(f) for f in fractions]  # fail on k = 0 before any work
     for p in plans:
         yield p["fraction"], ranking.masks(grads, [p])[0], p
 
 
 def global_topk_masks(
-    grads: dict[str, torch.Tensor], fractions: list[float], *, exclude: Iterable[str] = DEFAULT_EXCLUDE
+    grads: dict[str, torch.Tensor],
+    fractions: list[float],
+    *,
+    exclude: Iterable[str] = DEFAULT_EXCLUDE,
+    rank_among: str = "all",
 ) -> dict[float, tuple[dict[str, torch.Tensor], dict]]:
     """Masks keeping the global top ``round(f * N)`` weights by |g|, for each f.
 
@@ -181,7 +204,7 @@ def global_topk_masks(
     nonzero, excluded). See the module docstring for the tie rule.
     """
     fractions = _check_fractions(fractions)
-    ranking = _Ranking(grads, exclude)
+    ranking = _Ranking(grads, exclude, rank_among)
     plans = [ranking.plan(f) for f in fractions]
     masks = ranking.masks(grads, plans)
     return {p["fraction"]: (m, p) for p, m in zip(plans, masks)}
@@ -195,6 +218,8 @@ def mask_metadata(info: dict, source, exclude: Iterable[str] = DEFAULT_EXCLUDE, 
         "realised_fraction": repr(float(info["realised_fraction"])),
         "kept": str(info["kept"]),
         "total": str(info["total"]),
+        "rank_among": str(info.get("rank_among", "all")),
+        "ranked": str(info.get("ranked", info["total"])),
         "threshold": repr(float(info["threshold"])),
         "nonzero": str(info["nonzero"]),
         "ties_taken": str(info["ties_taken"]),
@@ -235,6 +260,7 @@ def masks_stage(inp: dict, out: dict, params: dict) -> None:
     src = inp["grad_forget"]
     fractions = _check_fractions(params.get("fractions"))
     exclude = tuple(params.get("exclude", DEFAULT_EXCLUDE))
+    rank_among = params["rank_among"]
     expected = {out_key(f) for f in fractions}
     if set(out) != expected:
         raise UnlearnflowError(
@@ -252,11 +278,11 @@ def masks_stage(inp: dict, out: dict, params: dict) -> None:
     if gmeta.get("set") != "forget":
         raise InputFileError(src, f"gradient set is {gmeta.get('set')!r}; SalUn masks need the forget gradient")
     extra = {k: gmeta[k] for k in ("loss", "model_fingerprint", "samples") if k in gmeta}
-    for f, masks, info in iter_topk_masks(grads, fractions, exclude=exclude):
+    for f, masks, info in iter_topk_masks(grads, fractions, exclude=exclude, rank_among=rank_among):
         save_mask(out[out_key(f)], masks, mask_metadata(info, src, exclude, extra))
         pct = 100.0 * info["realised_fraction"]
         print(
-            f"salun mask f={f}: kept {info['kept']}/{info['total']} ({pct:.4f}%), "
+            f"salun mask f={f} of {info['ranked']} {rank_among} weights: kept {info['kept']}/{info['total']} ({pct:.4f}%), "
             f"threshold |g|={info['threshold']:.6g}, ties taken {info['ties_taken']} -> {out[out_key(f)]}"
         )
         if math.isinf(info["threshold"]):

@@ -101,5 +101,6 @@ rule salun_masks:
         code=code_of("salun_masks"),
         fractions=MASK_FRACTIONS,
         exclude=config["masks"]["exclude"],
+        rank_among=config["masks"]["rank_among"],
     script:
         "../scripts/stage.py"
