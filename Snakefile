@@ -9,6 +9,12 @@ from snakemake.utils import min_version, validate
 # fingerprints; the jobs run it through workflow/scripts/stage.py)
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
+from unlearnflow.rerun import key_params_trigger
+
+# Snakemake records params as a set of values without names, so a value
+# moving between params reruns nothing; keyed, every change reruns.
+key_params_trigger()
+
 min_version("9.0")
 
 
