@@ -154,6 +154,7 @@ def test_wrong_sha256_raises_and_leaves_nothing(server, tmp_path):
     assert str(dest) in msg and f"{server.base}/f.bin" in msg
     assert wrong in msg and _sha(data) in msg
     assert not dest.exists() and not _part(dest).exists()
+    assert len(server.state.requests_for("/f.bin")) == 1  # a mismatch is no transient error: one download
 
 
 def test_wrong_size_raises_and_leaves_nothing(server, tmp_path):
