@@ -495,12 +495,30 @@ def test_images_stage_from_an_unguarded_script(server, tmp_path):
     assert json.loads(stats.read_text())["successes"] == 3
 
 
+def _laion_cfg(server, targets, retain_size=3, data=None, **laion):
+    """A CLIP-only config on the loopback part /meta.parquet: shards 00000
+    (training) and 00001 (held out) of 12 rows; ``data`` and ``laion``
+    override the data and data.laion keys."""
+    from conftest import small_config
+
+    cfg = small_config(targets=targets)
+    cfg["branches"] = ["clip"]
+    cfg["data"].update(
+        source="laion", shards=["00000"], heldout_shards=["00001"],
+        laion={"metadata_url": server.base + "/meta.parquet", "samples_per_shard": 12, "image_size": 32,
+               "processes": 1, "threads": 4, **laion},
+    )  # fmt: skip
+    cfg["data"].update(data or {})
+    cfg["selection"]["retain_size"] = retain_size
+    return cfg
+
+
 def test_laion_branch_of_the_dag_end_to_end(server, tmp_path):
     """data.source: laion through Snakemake: metadata over HTTP, two shards
     sliced from it, images via img2dataset, then the forget/retain/heldout sets."""
     import json
 
-    from conftest import Workflow, small_config
+    from conftest import Workflow
 
     n = 24
     df = _laion_frame(n, base_url=server.base)
@@ -517,21 +535,8 @@ def test_laion_branch_of_the_dag_end_to_end(server, tmp_path):
     server.state.files["/meta.parquet"] = buf.getvalue()
     server.state.fail_first["/meta.parquet"] = 1  # one transient failure, retried
 
-    cfg = small_config(targets=[{"id": "mira_castell", "name": "Mira Castell", "kind": "identity"}])
-    cfg["data"].update(
-        source="laion",
-        shards=["00000"],
-        heldout_shards=["00001"],
-        laion={
-            "metadata_url": server.base + "/meta.parquet",
-            "metadata_sha256": _sha(buf.getvalue()),
-            "samples_per_shard": 12,
-            "image_size": 32,
-            "processes": 1,
-            "threads": 4,
-        },
-    )
-    cfg["selection"]["retain_size"] = 5
+    mira = [{"id": "mira_castell", "name": "Mira Castell", "kind": "identity"}]
+    cfg = _laion_cfg(server, mira, retain_size=5, metadata_sha256=_sha(buf.getvalue()))
     wf = Workflow(tmp_path / "wd")
     wf.workdir.mkdir()
     wf.run("results/data/mira_castell/summary.json", cfg=cfg)
@@ -559,7 +564,7 @@ def test_one_messy_part_end_to_end_without_a_held_out_shard(server, tmp_path):
     import hashlib
     import json
 
-    from conftest import Workflow, small_config
+    from conftest import Workflow
     from unlearnflow.data.heldout import is_heldout
 
     def png(i, mode="RGB"):
@@ -606,24 +611,11 @@ def test_one_messy_part_end_to_end_without_a_held_out_shard(server, tmp_path):
     pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf, row_group_size=16)
     server.state.files["/meta.parquet"] = buf.getvalue()
 
-    cfg = small_config(targets=[{"id": "mira_castell", "name": "Mira Castell", "kind": "identity"}])
-    cfg["branches"] = ["clip"]
-    cfg["data"].update(
-        source="laion",
-        shards=["00000"],
-        heldout_shards=[],
-        heldout_fraction=0.25,
-        laion={
-            "metadata_url": server.base + "/meta.parquet",
-            "samples_per_shard": n,
-            "image_size": 32,
-            "processes": 1,
-            "threads": 4,
-            "timeout": 1,
-            "retries": 0,
-        },
-    )
-    cfg["selection"]["retain_size"] = 30
+    mira = [{"id": "mira_castell", "name": "Mira Castell", "kind": "identity"}]
+    cfg = _laion_cfg(
+        server, mira, retain_size=30, data={"heldout_shards": [], "heldout_fraction": 0.25},
+        samples_per_shard=n, timeout=1, retries=0,
+    )  # fmt: skip
     wf = Workflow(tmp_path / "wd")
     wf.workdir.mkdir()
     wf.run("results/data/mira_castell/summary.json", cfg=cfg)
@@ -670,18 +662,6 @@ def _simple_part(server, n=24):
     return buf.getvalue()
 
 
-def _laion_cfg(server, targets):
-    from conftest import small_config
-
-    cfg = small_config(targets=targets)
-    cfg["branches"] = ["clip"]
-    cfg["data"].update(
-        source="laion", shards=["00000"], heldout_shards=["00001"],
-        laion={"metadata_url": server.base + "/meta.parquet", "samples_per_shard": 12, "image_size": 32,
-               "processes": 1, "threads": 4},
-    )  # fmt: skip
-    cfg["selection"]["retain_size"] = 3
-    return cfg
 
 
 def test_a_target_no_caption_names_fails_before_any_image_download(server, tmp_path):

@@ -234,17 +234,10 @@ def check_config(paths: list[str]) -> list[str]:
 
     import jsonschema
     import yaml
+    from snakemake.utils import update_config  # the merge --configfile does
 
     repo = Path(__file__).resolve().parents[2]
     merged: dict = {}
-
-    def merge(into: dict, new: dict) -> None:
-        for k, v in new.items():
-            if isinstance(v, dict) and isinstance(into.get(k), dict):
-                merge(into[k], v)
-            else:
-                into[k] = v
-
     problems = []
     for path in [str(repo / "config.yaml"), *paths]:
         try:
@@ -261,7 +254,7 @@ def check_config(paths: list[str]) -> list[str]:
         if not isinstance(data, dict):
             problems.append(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
             continue
-        merge(merged, data)
+        update_config(merged, data)
     if problems:
         return problems
     with open(repo / "workflow/schemas/config.schema.yaml") as f:

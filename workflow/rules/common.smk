@@ -177,7 +177,14 @@ def synthetic_shard_spec():
     }
 
 
-_CHECKED = {}
+_TARGETS_SCANNED = []  # once per DAG build
+
+
+def shard_rows(shards):
+    """The rows files of LAION shards (outputs of the checkpoint)."""
+    return [
+        checkpoints.laion_shard_metadata.get(shard=s).output.parquet for s in shards
+    ]
 
 
 def checked_shard_metadata(wildcards):
@@ -186,22 +193,19 @@ def checked_shard_metadata(wildcards):
     misspelt name costs a parquet scan in the DAG, not a download. Once
     the shard's images exist, nothing is checked (adding a target reruns
     no download; its selection says if it matches nothing)."""
-    parquet = checkpoints.laion_shard_metadata.get(shard=wildcards.shard).output.parquet
+    (parquet,) = shard_rows([wildcards.shard])
     if not TARGETS or os.path.exists(f"results/data/laion/{wildcards.shard}.tar"):
         return parquet
-    key = "scan"
-    if key not in _CHECKED:
-        rows = lambda shards: [
-            checkpoints.laion_shard_metadata.get(shard=s).output.parquet for s in shards
-        ]
+    if not _TARGETS_SCANNED:
         from unlearnflow.data.select import scan_metadata
 
-        _CHECKED[key] = scan_metadata(
-            rows(SHARDS),
-            rows(HELDOUT_SHARDS),
+        scan_metadata(
+            shard_rows(SHARDS),
+            shard_rows(HELDOUT_SHARDS),
             TARGETS,
             config["data"]["laion"]["caption_col"],
         )
+        _TARGETS_SCANNED.append(True)
     return parquet
 
 
