@@ -16,7 +16,7 @@ from unlearnflow.data.shards import count_samples
 from unlearnflow.gradients import accumulate_gradients, iter_batches, set_loss
 from unlearnflow.io import InputFileError, UnlearnflowError
 from unlearnflow.methods import MethodContext, ft, ga, ga_ft, salun, ssd
-from unlearnflow.methods.finetune import changed_tensors, decays, finetune, lr_at, snapshot
+from unlearnflow.methods.finetune import _Cycler, changed_tensors, decays, epoch_plan, finetune, lr_at, snapshot
 from unlearnflow.models.clip import load_clip, normalise, save_clip, tiny_config
 
 from conftest import write_small_eval_sets
@@ -195,8 +195,9 @@ def test_ga_raises_the_forget_loss_and_ft_lowers_the_retain_loss(model_dir, sets
 
 def test_ga_ft_changes_parameters_and_is_reproducible(model_dir, sets):
     base = base_params(model_dir)
-    a = ga_ft.run(context(model_dir, sets, seed=3), {**FAST, "max_steps": 2})
-    b = ga_ft.run(context(model_dir, sets, seed=3), {**FAST, "max_steps": 2})
+    quick = {**FAST, "max_steps": 2, "passes": "joint"}  # two steps, each with both sets
+    a = ga_ft.run(context(model_dir, sets, seed=3), quick)
+    b = ga_ft.run(context(model_dir, sets, seed=3), quick)
     assert_only_changed(a, base)
     assert a.tensors.keys() == b.tensors.keys() and all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
     assert a.info["steps"] == 2 and len(a.trace) == 1
@@ -205,14 +206,42 @@ def test_ga_ft_changes_parameters_and_is_reproducible(model_dir, sets):
         ga_ft.run(context(model_dir, sets), {"lrr": 1})
 
 
-def test_an_epoch_is_a_pass_over_the_forget_set(model_dir, sets):
-    n_forget = count_samples(sets["forget"])
-    bundle = load_clip(model_dir)
-    out = finetune(bundle, sets["forget"], sets["retain"], forget_weight=1, retain_weight=1, epochs=2, lr=1e-6,
-                   weight_decay=0.0, batch_size=32, schedule="constant")  # fmt: skip
-    per_epoch = math.ceil(n_forget / 32)
+def test_an_epoch_alternates_a_forget_pass_and_a_retain_pass(model_dir, sets):
+    """The reference: each epoch a full ascent pass over F, then a full descent
+    pass over R; ``joint`` pairs each forget batch with a retain batch."""
+    n_forget, n_retain = count_samples(sets["forget"]), count_samples(sets["retain"])
+    kw = dict(forget_weight=1, retain_weight=1, epochs=2, lr=1e-6, weight_decay=0.0, batch_size=32, schedule="constant")
+    out = finetune(load_clip(model_dir), sets["forget"], sets["retain"], **kw)
+    per_epoch = math.ceil(n_forget / 32) + math.ceil(n_retain / 32)
     assert [r["steps"] for r in out["trace"]] == [per_epoch, 2 * per_epoch]
     assert all(r["lr"] == 1e-6 for r in out["trace"])
+    joint = finetune(load_clip(model_dir), sets["forget"], sets["retain"], passes="joint", **kw)
+    per_epoch = math.ceil(n_forget / 32)
+    assert [r["steps"] for r in joint["trace"]] == [per_epoch, 2 * per_epoch]
+    with pytest.raises(UnlearnflowError, match="passes 'paired'"):
+        finetune(None, None, None, **{**kw, "passes": "paired"})
+
+
+@pytest.mark.parametrize("n_forget,n_retain,bs", [(20, 1000, 32), (33, 70, 16), (5, 3, 8)])
+def test_alternate_plan_visits_every_forget_and_retain_sample_once_per_epoch(n_forget, n_retain, bs):
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):  # two epochs, each a fresh permutation of both sets
+        plan = epoch_plan("alternate", n_forget, n_retain, bs, gen)
+        f = [b for b, r in plan if b is not None]
+        r = [b for f_, b in plan if b is not None]
+        assert all((a is None) != (b is None) for a, b in plan)  # one set per step
+        assert all(a is not None for a, _ in plan[: len(f)])  # the forget pass comes first
+        assert sorted(torch.cat(f).tolist()) == list(range(n_forget))
+        assert sorted(torch.cat(r).tolist()) == list(range(n_retain))
+        assert len(f) == math.ceil(n_forget / bs) and len(r) == math.ceil(n_retain / bs)
+    # joint: every forget sample once, each step with a full retain batch
+    cyc = _Cycler(n_retain, bs, gen)
+    plan = epoch_plan("joint", n_forget, n_retain, bs, gen, cyc)
+    assert sorted(torch.cat([a for a, _ in plan]).tolist()) == list(range(n_forget))
+    assert all(len(b) == min(bs, n_retain) for _, b in plan)
+    # a last contrastive batch of one pair is dropped, never trained on
+    plan = epoch_plan("alternate", 0, 2 * bs + 1, bs, gen, single_retain=True)
+    assert [len(r) for _, r in plan] == [bs, bs]
 
 
 def test_one_ga_step_moves_along_plus_the_forget_gradient(model_dir, sets):
@@ -264,19 +293,29 @@ def test_ssd_dampening_formula():
 
 
 def test_ssd_choice_rule():
-    p = {"forget_metric": "fa1", "utility_budget": {"identity_acc1": 5.0}}
+    p = {"forget_metric": "fa1", "utility_budget": {"identity_acc1": 5.0}, "lambda_mode": "independent"}
 
     def row(lam, fa, ia, ok):
         return {"lam": lam, "fa1": fa, "identity_acc1": ia, "forgets": fa == 0, "within_budget": ok}
 
-    rows = [row(5.0, 50, 90, True), row(2.0, 0, 88, True), row(1.0, 0, 86, True), row(0.1, 0, 20, False)]
+    def probes(*rows):
+        return [{**r, "order": i} for i, r in enumerate(rows)]
+
+    rows = probes(row(5.0, 50, 90, True), row(2.0, 0, 88, True), row(1.0, 0, 86, True), row(0.1, 0, 20, False))
     best = ssd.choose(rows, p)
     assert best["lam"] == 2.0 and best["status"] == "forgets within budget"  # gentlest that forgets
-    rows = [row(5.0, 50, 90, True), row(1.0, 10, 80, True), row(0.5, 10, 85, False), row(0.1, 0, 20, False)]
+    rows = probes(row(5.0, 50, 90, True), row(1.0, 10, 80, True), row(0.5, 10, 85, False), row(0.1, 0, 20, False))
     assert ssd.choose(rows, p)["lam"] == 0.1 and ssd.choose(rows, p)["status"] == "forgets over budget"
-    rows = [row(5.0, 50, 90, True), row(1.0, 10, 80, True), row(0.5, 10, 85, False)]
+    rows = probes(row(5.0, 50, 90, True), row(1.0, 10, 80, True), row(0.5, 10, 85, False))
     best = ssd.choose(rows, p)
     assert best["lam"] == 0.5 and best["status"] == "does not forget"
+    # cumulative: epochs in the given order; the first that forgets within budget
+    cum = {**p, "lambda_mode": "cumulative"}
+    rows = probes(row(0.1, 50, 90, True), row(0.644, 0, 89, True), row(1.189, 0, 88, True))
+    best = ssd.choose(rows, cum)
+    assert best["order"] == 1 and best["lam"] == 0.644 and "first epoch" in best["why"]
+    rows = probes(row(0.1, 10, 90, True), row(0.644, 10, 89, True))
+    assert ssd.choose(rows, cum)["order"] == 0  # a tie on the forget metric and utility is broken toward the earlier
 
 
 def test_ssd_importances_are_mean_squared_batch_gradients(model_dir, sets):
@@ -291,7 +330,8 @@ def test_ssd_importances_are_mean_squared_batch_gradients(model_dir, sets):
 def test_ssd_searches_lambdas_on_validation_and_fixed_lambda_does_not(model_dir, sets, val_sets):
     base = base_params(model_dir)
     lams = [0.1, 1.0, 3.0]
-    params = {"alpha": 1.0, "lambdas": lams, "batch_size": 16, "utility_budget": {"identity_acc1": 100.0}}
+    params = {"alpha": 1.0, "lambdas": lams, "batch_size": 16, "utility_budget": {"identity_acc1": 100.0},
+              "lambda_mode": "independent"}  # fmt: skip
     res = ssd.run(context(model_dir, sets, val_sets=val_sets), params)
     t = res.trace
     assert len(t) == 3 and list(t["lam"]) == [3.0, 1.0, 0.1]  # gentle to strong
@@ -311,6 +351,46 @@ def test_ssd_searches_lambdas_on_validation_and_fixed_lambda_does_not(model_dir,
     if res.info["lambda"] == 1.0:  # the same edit, whether searched or fixed
         assert all(torch.equal(res.tensors[k], fixed.tensors[k]) for k in res.tensors)
     assert isinstance(res.trace, pd.DataFrame)
+
+
+def test_ssd_cumulative_dampens_over_its_epochs(model_dir, sets, val_sets):
+    """The reference loop: each lambda an epoch on the weights the last one left."""
+    base = base_params(model_dir)
+    lams = [0.5, 2.0, 1.0]  # kept in the given order
+    params = {"alpha": 1.0, "lambdas": lams, "batch_size": 16, "utility_budget": {"identity_acc1": 100.0},
+              "forget_target": 100.0}  # fmt: skip  (the first epoch already "forgets": it is chosen)
+    res = ssd.run(context(model_dir, sets, val_sets=val_sets), params)
+    t = res.trace
+    assert list(t["lam"]) == lams and list(t["order"]) == [0, 1, 2]
+    assert t["dampened_elements"].is_monotonic_increasing  # the product only ever shrinks more
+    assert res.info["lambda_mode"] == "cumulative" and res.info["lambdas_applied"] == [0.5]
+    # every epoch's model is theta(0) dampened by each lambda so far, in turn
+    bundle = load_clip(model_dir)
+    imp_f, _ = ssd.importances(bundle, iter_batches(sets["forget"], bundle, 16), "cosine")
+    imp_d, _ = ssd.importances(bundle, iter_batches(sets["retain"], bundle, 16), "contrastive")
+    for name, new in res.tensors.items():
+        torch.testing.assert_close(new, ssd.dampen(base[name], imp_f[name], imp_d[name], 1.0, 0.5))
+    # a suite that sees the target forgotten only at the third epoch: the model
+    # left is theta(0) dampened by the three lambdas in turn
+    class ThirdEpochForgets:
+        calls = 0
+
+        def evaluate(self, *a):
+            self.calls += 1  # call 1: the base model, then one per epoch
+            return {"fa1": 0.0 if self.calls == 4 else 100.0, "fa5": 100.0, "identity_acc1": 90.0, "test_acc1": 90.0}
+
+    bundle = load_clip(model_dir)
+    out = ssd.run_ssd(bundle, imp_f, imp_d, ssd.DEFAULTS | params | {"forget_target": 0.0}, ThirdEpochForgets())
+    assert out["lambdas_applied"] == lams and out["status"] == "forgets within budget"
+    model = dict(bundle.model.named_parameters())
+    for name in res.tensors:
+        want = base[name]
+        for lam in lams:
+            want = ssd.dampen(want, imp_f[name], imp_d[name], 1.0, lam)
+        torch.testing.assert_close(model[name].detach(), want)
+        assert not torch.equal(want, ssd.dampen(base[name], imp_f[name], imp_d[name], 1.0, 0.5))
+    independent = ssd.run(context(model_dir, sets, val_sets=val_sets), {**params, "lambda_mode": "independent"})
+    assert list(independent.trace["lam"]) == [2.0, 1.0, 0.5]  # gentle to strong, each from theta(0)
 
 
 # ------------------------------------------------- through the generic stage

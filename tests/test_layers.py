@@ -381,7 +381,7 @@ def _front(df, tower_name):
 
 
 def test_analyse_signed_fronts_per_tower(files):
-    df = analyse(*files)
+    df = analyse(*files, use_abs_alignment=False)
     # visual (alignment, importance): c_proj (-0.3, 1.0) dominates conv1
     # (0.5, 0.5), c_fc (0.9, 0.25) and ln_post (0.05, 0.1); in_proj (0.8, 2.0)
     # and proj (0.95, 3.0) are not dominated
@@ -401,7 +401,8 @@ def test_analyse_signed_fronts_per_tower(files):
 
 
 def test_analyse_abs_alignment_changes_the_front(files):
-    df = analyse(*files, use_abs_alignment=True)
+    df = analyse(*files)  # the reference's |cos| is the default
+    assert df.equals(analyse(*files, use_abs_alignment=True))
     # |alignment| of c_proj is 0.3 > 0.05: ln_post (0.05, 0.1) joins the front;
     # conv1 (0.5, 0.5) is still dominated by c_proj (0.3, 1.0)
     assert _front(df, "visual") == [
@@ -413,6 +414,32 @@ def test_analyse_abs_alignment_changes_the_front(files):
     # signed alignment is stored either way
     assert _row(df, "visual.transformer.resblocks.10.mlp.c_proj.weight").alignment == pytest.approx(-0.3)
     assert _front(df, "text") == ["text_projection", "ln_final.weight"]
+
+
+def test_analyse_abs_front_equals_brute_force_front_on_abs_cos(tmp_path):
+    # random layers with signed cosines: analyse()'s |cos| front per tower is
+    # exactly the brute-force front on (importance, |cos|), and differs from
+    # the signed one
+    rng = np.random.default_rng(3)
+    w, f, r = {}, {}, {}
+    for tower in ("visual.transformer", "transformer"):
+        for i in range(40):
+            name = f"{tower}.resblocks.{i}.mlp.c_fc.weight"
+            w[name] = torch.from_numpy(rng.normal(size=(3, 4))).float()
+            f[name] = torch.from_numpy(rng.normal(size=(3, 4)) * rng.uniform(0.1, 3)).float()
+            r[name] = (-0.8 * f[name] + torch.from_numpy(rng.normal(size=(3, 4))).float() * rng.uniform(0.1, 2)) * rng.choice([-1, 1])
+    df = analyse(*_write(tmp_path, w, f, r))
+    signed = analyse(*_write(tmp_path, w, f, r), use_abs_alignment=False)
+    assert (df["alignment"] < 0).sum() > 10 and (df["alignment"] > 0).sum() > 10
+    for tower in ("visual", "text"):
+        sub = df[df["tower"] == tower]
+        want = brute_front(sub["importance"].to_numpy(), np.abs(sub["alignment"].to_numpy()))
+        np.testing.assert_array_equal(sub["pareto"].to_numpy(), want)
+        np.testing.assert_array_equal(
+            signed[signed["tower"] == tower]["pareto"].to_numpy(),
+            brute_front(sub["importance"].to_numpy(), sub["alignment"].to_numpy()),
+        )
+    assert not df["pareto"].equals(signed["pareto"])
 
 
 def test_analyse_without_layernorm_and_matrices_only(files):

@@ -255,3 +255,24 @@ def test_mia_deterministic_for_seeds():
 def test_mia_too_few_samples():
     with pytest.raises(UnlearnflowError, match="3 members .* 10 non-members"):
         mia.mia_accuracy([0.1, 0.2, 0.3], np.linspace(0, 1, 10))
+
+
+def test_mia_test_size_is_the_reference_share_and_small_sets_fail_loudly():
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    rng = np.random.RandomState(4)
+    m, h = rng.normal(0.34, 0.05, 40), rng.normal(0.3, 0.05, 40)
+    r = mia.mia_accuracy(m, h, seeds=[0])
+    assert r["test_size"] == 0.1 == mia.TEST_SIZE
+    # the split it scores on: 10 stratified splits with 8 of the 80 pairs held out
+    split = next(StratifiedShuffleSplit(10, test_size=0.1, random_state=0).split(np.r_[m, h][:, None], np.r_[np.ones(40), np.zeros(40)]))
+    assert len(split[1]) == 8
+    # accuracies on 8 test pairs are multiples of 12.5 %: the mean of one seed is their average
+    assert (r["per_seed"][0] * 10 / 12.5) == pytest.approx(round(r["per_seed"][0] * 10 / 12.5))
+    assert r != mia.mia_accuracy(m, h, seeds=[0], test_size=0.3)
+    # 0.1 of 2 x 6 pairs is no stratified test set: a clear error, not sklearn's
+    with pytest.raises(UnlearnflowError, match="test_size 0.1 needs at least 10 pairs per class; got 6 members"):
+        mia.mia_accuracy(m[:6], h[:6])
+    assert mia.mia_accuracy(m[:6], h[:6], test_size=0.3)["n_per_class"] == 6
+    with pytest.raises(UnlearnflowError, match="test_size 1.5"):
+        mia.mia_accuracy(m, h, test_size=1.5)

@@ -19,7 +19,7 @@ EXPECTED = {
     "costs.csv": ("1. Tables", "Costs per job", ["run_methods (slug, ga)", "clip.source = train"]),
     "clip_unlearning.html": ("1. Tables", "CLIP unlearning table, as a page", ["results/tables/clip_unlearning.csv"]),
     "costs.html": ("1. Tables", "Costs per job, as a page", ["results/tables/costs.csv"]),
-    f"{TARGET}.png": ("2. Layer selection (SLUG)", "Pareto front of layers", [f"for target {TARGET}", "use_abs_alignment = False"]),
+    f"{TARGET}.png": ("2. Layer selection (SLUG)", "Pareto front of layers", [f"for target {TARGET}", "use_abs_alignment = True"]),
     "search.png": ("3. Step-size search (SLUG)", "SLUG step-size search", ["max_layers_per_tower = 1", "max_probes = 3"]),
     "clip_tradeoff.png": ("4. Trade-off", "Forget/keep trade-off", ["run_methods: slug, ga", f"({TARGET})"]),
 }

@@ -249,7 +249,7 @@ def test_salun_moves_only_salient_unet_weights(t2i_dir, tmp_path):
     forget = tar(tmp_path / "forget.tar", "Photo of Mira Castell")
     retain = tar(tmp_path / "retain.tar", "a photo of a kite")
     b = D.load_t2i(t2i_dir)
-    grads, batches = unet_forget_gradients(b, forget, batch_size=4, seed=0)
+    grads, batches = unet_forget_gradients(b, forget, batch_size=4, seed=0, guidance=3.0, clip_norm=1.0)
     assert batches == 2
     # each batch's gradient is clipped to norm <= 1 before summing
     assert float(torch.sqrt(sum((g**2).sum() for g in grads.values()))) <= 2.0 + 1e-4
@@ -273,6 +273,60 @@ def test_salun_moves_only_salient_unet_weights(t2i_dir, tmp_path):
         moved += int((t[keep] != b0[keep]).sum())
     assert moved > 0.5 * info["kept"]
     assert res.info["pseudo_concept"] == "Bram Okafor"
+    # the pseudo prediction comes from the live model (the reference) or a frozen copy: different updates
+    from dataclasses import replace
+
+    frozen = run(replace(ctx, bundle=D.load_t2i(t2i_dir)), {"steps": 3, "batch_size": 4, "lr": 1e-2, "pseudo_target": "frozen"})
+    assert frozen.tensors.keys() == res.tensors.keys()
+    assert any(not torch.equal(frozen.tensors[n], res.tensors[n]) for n in res.tensors)
+    with pytest.raises(UnlearnflowError, match="pseudo_target 'copy'"):
+        run(ctx, {"steps": 1, "pseudo_target": "copy"})
+
+
+def test_salun_mask_gradient_differentiates_the_guided_prediction(t2i_dir, tmp_path):
+    """The reference's generate_mask.py: the loss of pred_u + w (pred_c - pred_u)."""
+    from unlearnflow.data.shards import Sample, write_shard
+    from unlearnflow.methods.t2i_salun import unet_forget_gradients
+    from unlearnflow.models.diffusion import denoising_target, to_model_space
+    from unlearnflow.models.clip import load_pairs
+
+    rng = np.random.default_rng(1)
+    import io
+
+    from PIL import Image
+
+    def png():
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    forget = tmp_path / "forget.tar"
+    write_shard(forget, [Sample(f"{i:04d}", {"png": png(), "txt": b"Photo of Mira Castell"}) for i in range(4)])
+    b = D.load_t2i(t2i_dir)
+    w = 3.0
+    grads, batches = unet_forget_gradients(b, forget, batch_size=4, seed=0, guidance=w)
+    assert batches == 1
+    # by hand: the same draws of t and noise, both branches, the guided combination
+    images, captions = load_pairs([forget], b.image_size)
+    x0 = to_model_space(b, images)
+    gen = torch.Generator().manual_seed(0)
+    t = torch.randint(0, b.scheduler.config.num_train_timesteps, (4,), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    xt = b.scheduler.add_noise(x0, noise, t)
+    with torch.no_grad():
+        cond, uncond = b.encode_prompts(captions), b.encode_prompts([""]).expand(4, -1, -1)
+    params = dict(b.unet.named_parameters())
+    for q in params.values():
+        q.requires_grad_(True)
+    pred_c = b.unet(xt, t, encoder_hidden_states=cond).sample
+    pred_u = b.unet(xt, t, encoder_hidden_states=uncond).sample
+    loss = torch.nn.functional.mse_loss(pred_u + w * (pred_c - pred_u), denoising_target(b.scheduler, x0, noise, t))
+    want = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+    for n in ("conv_in.weight", "conv_out.weight"):
+        torch.testing.assert_close(grads[n], want[n], rtol=1e-3, atol=1e-7)
+    # and it is not the unguided gradient
+    plain, _ = unet_forget_gradients(D.load_t2i(t2i_dir), forget, batch_size=4, seed=0, guidance=1.0)
+    assert not torch.allclose(plain["conv_in.weight"], grads["conv_in.weight"], rtol=1e-2)
 
 
 # ------------------------------------------------------ the real path

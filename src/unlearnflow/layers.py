@@ -21,9 +21,12 @@ LayerNorm, optionally only tensors with ndim >= 2, and finite metrics.
 Pareto front, per tower (visual / text) over its candidates: point i is
 dominated iff some j has alignment_j < alignment_i AND importance_j >
 importance_i (both strict); the non-dominated points form the front. The
-paper's equation uses the signed alignment, the reference code its absolute
-value; ``use_abs_alignment`` picks (default: signed). The signed alignment is
-always stored in the table, whichever criterion drew the front.
+paper's equation uses the signed alignment, the reference code (CSIPlab/slug)
+its absolute value |cos|, and the paper plots alignment on a log axis, which
+needs positive values; ``use_abs_alignment`` picks (default: |cos|, the
+reference; docs/fidelity.md item 2 has the effect of signed alignment). The
+signed alignment is always stored in the table, whichever criterion drew the
+front.
 """
 
 from __future__ import annotations
@@ -298,7 +301,7 @@ def analyse(
     grad_retain_path: os.PathLike | str,
     weights_path: os.PathLike | str,
     *,
-    use_abs_alignment: bool = False,
+    use_abs_alignment: bool = True,
     exclude: Iterable[str] | None = DEFAULT_EXCLUDE,
     include_layernorm: bool = True,
     matrices_only: bool = False,
@@ -497,7 +500,7 @@ def analysis_stage(inp: dict, out: dict, params: dict) -> None:
     """Rule ``layer_analysis``: inputs grad_forget, grad_retain, weights;
     outputs table (parquet), plot (png); params use_abs_alignment, exclude,
     include_layernorm, matrices_only."""
-    use_abs = bool(params.get("use_abs_alignment", False))
+    use_abs = bool(params["use_abs_alignment"])
     exclude = params.get("exclude")
     exclude = DEFAULT_EXCLUDE if exclude is None else tuple(exclude)
     df = analyse(

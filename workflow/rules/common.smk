@@ -310,6 +310,17 @@ def clip_table_costs():
     }
 
 
+def slug_stop_rule():
+    """The caption's sentence on SLUG's stop rule (which forget metric it used)."""
+    if "slug" not in METHODS:
+        return ""
+    p = config["methods"]["slug"]
+    return (
+        f"SLUG stops at {p['forget_metric'].upper()} <= {p['forget_target']:g} % "
+        "on the validation split within its utility budget."
+    )
+
+
 def search_plots(model=MODEL):
     """The step-size search traces (SLUG only: the others search no layer)."""
     if "slug" not in METHODS:

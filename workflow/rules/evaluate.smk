@@ -37,6 +37,7 @@ rule evaluate_clip:
         target=lambda wc: target_config(wc.target),
         target_id=lambda wc: wc.target,
         mia_seeds=config["evaluation"]["mia_seeds"],
+        mia_test_size=config["evaluation"]["mia_test_size"],
         device=device_of("evaluate_clip"),
     script:
         "../scripts/stage.py"

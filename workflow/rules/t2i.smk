@@ -89,6 +89,12 @@ rule t2i_salun_masks:
         code=code_of("t2i_salun_masks"),
         fractions=config["t2i"]["masks"]["fractions"],
         batch_size=config["t2i"]["masks"]["batch_size"],
+        guidance=(
+            config["t2i"]["sampling"]["guidance"]
+            if config["t2i"]["masks"]["guidance"] is None
+            else config["t2i"]["masks"]["guidance"]
+        ),
+        clip_norm=config["t2i"]["masks"]["clip_norm"],
         seed=config["seeds"]["unlearn"],
         device=device_of("t2i_salun_masks"),
     script:

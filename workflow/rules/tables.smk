@@ -31,7 +31,8 @@ rule clip_table:
     params:
         code=code_of("clip_table"),
         costs=clip_table_costs(),
-        caption="Unlearning in CLIP: forget accuracy (FA), accuracy on other identities, object zero-shot accuracy, MIA, cost.",
+        caption="Unlearning in CLIP: forget accuracy (FA), accuracy on other identities, object zero-shot accuracy, MIA, cost. "
+        + slug_stop_rule(),
     script:
         "../scripts/stage.py"
 

@@ -16,12 +16,18 @@ default) while the retain loss (CLIP's InfoNCE by default) is kept low. One
 plain SGD step therefore moves theta by ``+lr * forget_weight * grad L_forget``
 (the ``+grad`` convention of ``gradients.py``).
 
-Epochs. With ``forget_weight != 0`` an epoch is one pass over the forget set
-(the small one); each step pairs one forget batch with the next retain batch,
-cycling (and reshuffling) the retain set as often as needed. With
-``forget_weight == 0`` (FT) an epoch is one pass over the retain set. Both
-sets are loaded into memory once and reshuffled every epoch by a
-``torch.Generator`` seeded with ``seed``: a run is reproducible.
+Epochs (``passes``). With both weights non-zero (GA+FT, SalUn) the reference
+procedure, ``alternate``, makes an epoch a full pass of ascent over the
+forget set followed by a full pass of descent over the retain set, each step
+on one set only (REFERENCE.md: the SLUG baselines). ``joint`` makes an epoch
+one pass over the forget set (the small one) where each step pairs a forget
+batch with the next retain batch, cycling (and reshuffling) the retain set
+as often as needed: ~|F|/|R| as many retain samples per epoch, a cheaper and
+different procedure (docs/fidelity.md item 4). GA (``retain_weight == 0``)
+passes over the forget set, FT (``forget_weight == 0``) over the retain set.
+Both sets are loaded into memory once and reshuffled every epoch by a
+``torch.Generator`` seeded with ``seed``: a run is reproducible. The LR
+schedule runs over every step of every epoch.
 
 Frozen temperature. ``logit_scale`` never trains: the temperature is not
 what is being unlearned, and letting InfoNCE move it would change every
@@ -57,6 +63,7 @@ log = logging.getLogger(__name__)
 SIGN = "loss = -forget_weight * L_forget + retain_weight * L_retain, minimised (ascent on the forget loss)"
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
+PASSES = ("alternate", "joint")
 # The paper's settings for ViT-B-32, and the defaults every fine-tuning
 # baseline shares, scaled for the tiny default CLIP (3.5 M parameters,
 # pretrained at lr 5e-4: the paper's lr would not move it measurably).
@@ -70,6 +77,7 @@ FINETUNE_DEFAULTS = {
     "optimizer": "adamw",
     "schedule": "cosine",
     "warmup_steps": 0,
+    "passes": "alternate",
     "forget_loss": "cosine",
     "retain_loss": "contrastive",
 }
@@ -87,6 +95,7 @@ FINETUNE_KEYS = (
     "optimizer",
     "schedule",
     "warmup_steps",
+    "passes",
     "forget_weight",
     "retain_weight",
     "forget_loss",
@@ -120,6 +129,53 @@ class _Cycler:
             self.buf = torch.cat([self.buf, torch.randperm(self.n, generator=self.gen)])
         out, self.buf = self.buf[: self.bs], self.buf[self.bs :]
         return out
+
+
+def _n_batches(n: int, batch_size: int, drop_single: bool) -> int:
+    """How many batches ``_batches`` cuts ``n`` items into."""
+    return n // batch_size + int(n % batch_size > int(drop_single))
+
+
+def _batches(perm: torch.Tensor, batch_size: int, drop_single: bool) -> list[torch.Tensor]:
+    out = [perm[i : i + batch_size] for i in range(0, len(perm), batch_size)]
+    if drop_single and out and len(out[-1]) < 2:
+        out.pop()  # a contrastive loss of one pair is 0: drop the batch
+    return out
+
+
+def epoch_plan(
+    passes: str,
+    n_forget: int,
+    n_retain: int,
+    batch_size: int,
+    gen: torch.Generator,
+    cycler: "_Cycler | None" = None,
+    single_forget: bool = False,
+    single_retain: bool = False,
+) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
+    """The steps of one epoch as (forget indices, retain indices), None = no
+    batch of that set in the step.
+
+    ``n_forget`` / ``n_retain`` of 0 mean the set is not trained on (FT / GA).
+    ``alternate``: every forget batch of a fresh permutation, then every retain
+    batch of another; ``joint``: every forget batch, each paired with the
+    ``cycler``'s next retain batch. ``single_*``: drop a last batch of one pair
+    of that set (its contrastive loss would be 0).
+    """
+    if passes not in PASSES:
+        raise UnlearnflowError(f"passes {passes!r} unknown; known: {PASSES}")
+    steps: list = []
+    if n_forget:
+        joint = bool(n_retain) and passes == "joint"
+        forget = _batches(torch.randperm(n_forget, generator=gen), batch_size, single_forget and not joint)
+        if joint:
+            if cycler is None:
+                raise UnlearnflowError("epoch_plan: joint passes need a retain cycler")
+            return [(f, cycler.next()) for f in forget]
+        steps += [(f, None) for f in forget]
+    if n_retain:
+        steps += [(None, r) for r in _batches(torch.randperm(n_retain, generator=gen), batch_size, single_retain)]
+    return steps
 
 
 # -------------------------------------------------------------- helpers
@@ -183,6 +239,7 @@ def finetune(
     optimizer: str = "adamw",
     schedule: str = "cosine",
     warmup_steps: int = 0,
+    passes: str = "alternate",
     mask: dict | None = None,
     seed: int = 0,
     forget_loss: str = "cosine",
@@ -201,6 +258,8 @@ def finetune(
         raise UnlearnflowError(f"optimizer {optimizer!r} unknown; known: {OPTIMIZERS}")
     if schedule not in SCHEDULES:
         raise UnlearnflowError(f"schedule {schedule!r} unknown; known: {SCHEDULES}")
+    if passes not in PASSES:
+        raise UnlearnflowError(f"passes {passes!r} unknown; known: {PASSES}")
     fw, rw = float(forget_weight), float(retain_weight)
     if fw == 0 and rw == 0:
         raise UnlearnflowError("forget_weight and retain_weight are both 0: nothing to train")
@@ -239,15 +298,18 @@ def finetune(
     retain = load_set(retain_tar, bundle, "retain") if rw != 0 or fw == 0 else None
     if retain is not None and retain_loss == "contrastive" and min(len(retain[0]), batch_size) < 2:
         raise UnlearnflowError(f"{retain_tar}: the contrastive retain loss needs batches of at least 2 pairs")
-    lead = forget if forget is not None else retain
-    n_lead = len(lead[0])
-    steps_per_epoch = math.ceil(n_lead / batch_size)
-    if forget is None and retain_loss == "contrastive" and n_lead % batch_size == 1:
-        steps_per_epoch -= 1  # FT: a last batch of one pair has no InfoNCE; drop it
+    n_f = len(forget[0]) if forget is not None else 0
+    n_r = len(retain[0]) if retain is not None else 0
+    joint = bool(n_f and n_r) and passes == "joint"  # retain batches ride along with the forget steps
+    single = {"single_forget": forget_loss == "contrastive", "single_retain": retain_loss == "contrastive"}
+    steps_per_epoch = _n_batches(n_f, batch_size, single["single_forget"] and not joint)
+    steps_per_epoch += 0 if joint else _n_batches(n_r, batch_size, single["single_retain"])
+    if steps_per_epoch == 0:
+        raise UnlearnflowError(f"no training step: {n_f} forget and {n_r} retain pairs in batches of {batch_size}")
     total = epochs * steps_per_epoch
     if max_steps is not None:
         total = min(total, int(max_steps))
-    cycler = _Cycler(len(retain[0]), batch_size, gen) if (forget is not None and retain is not None) else None
+    cycler = _Cycler(n_r, batch_size, gen) if joint else None
 
     saved_flags = {n: p.requires_grad for n, p in params.items()}
     for n, p in params.items():
@@ -270,18 +332,13 @@ def finetune(
         for epoch in range(epochs):
             if step >= total:
                 break
-            order = torch.randperm(n_lead, generator=gen)
+            plan = epoch_plan(passes, n_f, n_r, batch_size, gen, cycler, **single)
+            assert len(plan) == steps_per_epoch, (len(plan), steps_per_epoch)
             f_losses, r_losses = [], []
             cur_lr = float("nan")
-            for b in range(steps_per_epoch):
+            for f_idx, r_idx in plan:
                 if step >= total:
                     break
-                idx = order[b * batch_size : (b + 1) * batch_size]
-                if forget is not None:
-                    f_idx = idx
-                    r_idx = cycler.next() if cycler is not None else None
-                else:
-                    f_idx, r_idx = None, idx
                 if r_idx is not None and retain_loss == "contrastive" and len(r_idx) < 2:
                     r_idx = None  # InfoNCE of one pair is 0
                 cur_lr = lr_at(step, lr=float(lr), total=total, schedule=schedule, warmup_steps=int(warmup_steps))

@@ -22,13 +22,24 @@ with lambda < alpha every selected element shrinks by at least lambda/alpha).
 ``alpha`` alone decides *which* elements are touched; lambda how much.
 
 lambda is either fixed (a number, or a one-element list: no search, no
-evaluation) or a list searched on the *validation* split (EvalSuite). The
-list is probed from gentle to strong (descending lambda), each probe from
-theta(0); the choice is the gentlest dampening (largest lambda) that
-reaches the forget target (forget metric <= forget_target) with every
-utility drop within its budget; if none does, the probe with the lowest
-forget metric, then the highest utility (sum of the budgeted metrics), then
-the gentlest. The trace has one row per lambda.
+evaluation) or a list probed on the *validation* split (EvalSuite), in one
+of two ways (``lambda_mode``):
+
+- ``cumulative`` (the reference loop of SLUG's baselines): the lambdas are
+  epochs, in the order given (the paper's linspace(0.1, 5, 10): strongest
+  first); each epoch dampens the weights the previous one left, with the
+  importances of theta(0), so after epoch k the selected elements carry the
+  product of the first k factors. The choice is the first epoch (the least
+  dampened model) that reaches the forget target (forget metric <=
+  forget_target) with every utility drop within its budget.
+- ``independent``: each lambda from theta(0), probed from gentle to strong
+  (descending lambda); the choice is the gentlest dampening (largest
+  lambda) that forgets within budget.
+
+If no probe forgets within budget: the one with the lowest forget metric,
+then the highest utility (sum of the budgeted metrics), then the gentlest.
+The trace has one row per probe (docs/fidelity.md item 6: the two modes on
+the default).
 """
 
 from __future__ import annotations
@@ -57,7 +68,9 @@ DEFAULTS = {
     "utility_budget": {"identity_acc1": 5.0, "test_acc1": 3.0},
     "forget_loss": "cosine",
     "retain_loss": "contrastive",
+    "lambda_mode": "cumulative",
 }
+LAMBDA_MODES = ("cumulative", "independent")
 
 SIGN = "theta * min(lambda * I_d / I_f, 1) where I_f > alpha * I_d; larger lambda = gentler"
 
@@ -121,13 +134,19 @@ def dampen(theta: torch.Tensor, i_f: torch.Tensor, i_d: torch.Tensor, alpha: flo
     return torch.where(sel, (theta.float() * factor).to(theta.dtype), theta)
 
 
-def _lambdas(value) -> list[float]:
+def _lambdas(value, mode: str = "independent") -> list[float]:
+    """The probe order: as given for ``cumulative`` (epochs), gentle (large)
+    to strong (small) for ``independent``."""
+    if mode not in LAMBDA_MODES:
+        raise UnlearnflowError(f"ssd: lambda_mode {mode!r} unknown; known: {list(LAMBDA_MODES)}")
     if isinstance(value, (int, float)):
         return [float(value)]
     lams = [float(v) for v in value]
     if not lams or any(not v > 0 for v in lams):
         raise UnlearnflowError(f"ssd: lambdas must be positive numbers, got {value!r}")
-    return sorted(set(lams), reverse=True)  # gentle (large) to strong (small)
+    if mode == "cumulative":
+        return lams
+    return sorted(set(lams), reverse=True)
 
 
 def _forgets(m: dict, p: dict) -> bool:
@@ -139,31 +158,47 @@ def _within(base: dict, m: dict, budget: dict) -> bool:
 
 
 def choose(rows: list[dict], p: dict) -> dict:
-    """The gentlest lambda that forgets within budget, else the best compromise."""
+    """The gentlest probe that forgets within budget, else the best compromise.
+
+    Gentlest: the largest lambda (``independent``), the earliest epoch
+    (``cumulative``: every epoch dampens further)."""
     if not rows:
         raise UnlearnflowError("ssd: no lambda was probed")
     keys = list(p["utility_budget"]) or ["identity_acc1", "test_acc1"]
+    cumulative = p.get("lambda_mode", DEFAULTS["lambda_mode"]) == "cumulative"
+
+    def gentleness(r):
+        return -r["order"] if cumulative else r["lam"]
+
     ok = [r for r in rows if r["forgets"] and r["within_budget"]]
     if ok:
-        best = max(ok, key=lambda r: r["lam"])
+        best = max(ok, key=gentleness)
         status = "forgets within budget"
-        why = f"the largest lambda (gentlest dampening) of {len(ok)} that forget within the utility budget"
+        why = (
+            f"the first epoch of {len(ok)} that forget within the utility budget (cumulative dampening)"
+            if cumulative
+            else f"the largest lambda (gentlest dampening) of {len(ok)} that forget within the utility budget"
+        )
     else:
-        best = min(rows, key=lambda r: (r[p["forget_metric"]], -sum(r[k] for k in keys), -r["lam"]))
+        best = min(rows, key=lambda r: (r[p["forget_metric"]], -sum(r[k] for k in keys), -gentleness(r)))
         status = "forgets over budget" if best["forgets"] else "does not forget"
         why = (
             f"no lambda forgets within budget; the lowest {p['forget_metric']}, "
             f"then the highest {' + '.join(keys)}, then the gentlest"
         )
-    return {"lam": best["lam"], "status": status, "why": why, "row": best}
+    return {"lam": best["lam"], "order": best["order"], "status": status, "why": why, "row": best}
 
 
-def _edit(params: dict, theta0: dict, imp_f: dict, imp_d: dict, alpha: float, lam: float) -> int:
-    """Write the dampened weights into the model; returns how many elements shrank."""
+def _edit(params: dict, theta0: dict, imp_f: dict, imp_d: dict, alpha: float, lams) -> int:
+    """Write theta(0) dampened by each lambda of ``lams`` in turn into the
+    model; returns how many elements differ from theta(0)."""
+    lams = [lams] if isinstance(lams, (int, float)) else list(lams)
     shrunk = 0
     with torch.no_grad():
         for n, p in params.items():
-            new = dampen(theta0[n], imp_f[n], imp_d[n], alpha, lam)
+            new = theta0[n]
+            for lam in lams:
+                new = dampen(new, imp_f[n], imp_d[n], alpha, lam)
             shrunk += int((new != theta0[n]).sum())
             p.copy_(new)
     return shrunk
@@ -173,7 +208,8 @@ def run_ssd(bundle, imp_f: dict, imp_d: dict, params: dict, suite=None) -> dict:
     """Dampen ``bundle.model`` in place (left at the chosen lambda)."""
     p = params
     alpha = float(p["alpha"])
-    lams = _lambdas(p["lambdas"])
+    mode = p.get("lambda_mode", DEFAULTS["lambda_mode"])
+    lams = _lambdas(p["lambdas"], mode)
     named = dict(bundle.model.named_parameters())
     touched = {}
     n_sel = n_total = 0
@@ -190,7 +226,7 @@ def run_ssd(bundle, imp_f: dict, imp_d: dict, params: dict, suite=None) -> dict:
     if len(lams) == 1:
         lam = lams[0]
         shrunk = _edit(touched, theta0, imp_f, imp_d, alpha, lam)
-        trace = pd.DataFrame([{"lam": lam, "dampened_elements": shrunk}])
+        trace = pd.DataFrame([{"order": 0, "lam": lam, "dampened_elements": shrunk}])
         return {"lam": lam, "status": "fixed lambda", "why": "one lambda given: no search", "trace": trace, **summary}
     if suite is None:
         raise UnlearnflowError("ssd: a list of lambdas is searched on the validation split, but no val_sets were given")
@@ -199,9 +235,13 @@ def run_ssd(bundle, imp_f: dict, imp_d: dict, params: dict, suite=None) -> dict:
     if _forgets(base, p):
         log.warning("ssd: the base model already meets the forget target on the validation split")
     rows = []
+
+    def applied(order):  # the lambdas that make the model of probe `order`
+        return lams[: order + 1] if mode == "cumulative" else [lams[order]]
+
     for order, lam in enumerate(lams):
         t0 = time.perf_counter()
-        shrunk = _edit(touched, theta0, imp_f, imp_d, alpha, lam)
+        shrunk = _edit(touched, theta0, imp_f, imp_d, alpha, applied(order))
         m = suite.evaluate(model, tok, dev)
         rows.append(
             {
@@ -216,9 +256,11 @@ def run_ssd(bundle, imp_f: dict, imp_d: dict, params: dict, suite=None) -> dict:
         )
         log.info("ssd lambda %.4g: %s", lam, {k: rows[-1][k] for k in ("fa1", "identity_acc1", "test_acc1")})
     best = choose(rows, p)
-    _edit(touched, theta0, imp_f, imp_d, alpha, best["lam"])
+    _edit(touched, theta0, imp_f, imp_d, alpha, applied(best["order"]))
     return {
         "lam": best["lam"],
+        "lambda_mode": mode,
+        "lambdas_applied": applied(best["order"]),
         "status": best["status"],
         "why": best["why"],
         "val_metrics": {k: best["row"][k] for k in ("fa1", "fa5", "identity_acc1", "test_acc1")},
@@ -234,7 +276,7 @@ def run(ctx, params: dict):
     from . import MethodResult
 
     p = merge_params("ssd", DEFAULTS, params)
-    lams = _lambdas(p["lambdas"])
+    lams = _lambdas(p["lambdas"], p["lambda_mode"])
     if len(lams) > 1 and ctx.val_sets is None:
         raise UnlearnflowError("ssd: a list of lambdas is searched on the validation split, but no val_sets were given")
     bundle = ctx.bundle

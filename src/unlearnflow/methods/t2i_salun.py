@@ -1,17 +1,24 @@
 """SalUn for text-to-image diffusion (REFERENCE.md section 2).
 
-Mask (rule ``t2i_salun_masks``): the gradient over the UNet of the
-noise-prediction loss on the forget set (its images with their captions),
-each batch's gradient clipped to norm 1 before accumulating; the global top
-fraction of |g| over all UNet weights is salient.
+Mask (rule ``t2i_salun_masks``), as the reference's
+``SD/train-scripts/generate_mask.py``: the gradient over the UNet of the
+denoising loss of the classifier-free-guided prediction
+``pred_u + w (pred_c - pred_u)`` (``guidance`` w: the sampling guidance by
+default; 1 = unguided) on the forget set (its images with their captions),
+summed over batches (``clip_norm``: each batch's gradient clipped to that
+norm first, as the reference's DDPM code; none by default, as its SD code);
+the global top fraction of |g| over all UNet weights is salient.
 
-Update (method ``salun``): on forget pairs,
-``MSE(eps(x_t, c_forget), eps_frozen(x_t, c_pseudo))`` with the pseudo
-prompt the caption with the target renamed (SalUn's ``(c + 1) mod C``: the
-next concept of the same domain by default, or a fixed phrase), plus
-``alpha`` times the denoising loss on retain pairs. Gradients are masked
-after every backward pass and non-salient weights restored after every
-step, so they stay bit-identical to the base model; only UNet weights move.
+Update (method ``salun``), as the reference's ``random_label.py``: on forget
+pairs, ``MSE(eps(x_t, c_forget), eps(x_t, c_pseudo).detach())`` with the
+pseudo prediction from the model being trained (``pseudo_target: live``;
+``frozen``: from a frozen copy of the base model) and the pseudo prompt the
+caption with the target renamed (SalUn's ``(c + 1) mod C``: the next concept
+of the same domain by default, or a fixed phrase), plus ``alpha`` times the
+denoising loss on retain pairs. Gradients are masked after every backward
+pass and non-salient weights restored after every step, so they stay
+bit-identical to the base model; only UNet weights move. docs/fidelity.md
+item 5 has the effect of each choice on the default.
 """
 
 from __future__ import annotations
@@ -35,7 +42,9 @@ DEFAULTS = {
     "lr": 1.0e-5,  # Adam, as SalUn on Stable Diffusion
     "alpha": 1.0,
     "pseudo": "next",
+    "pseudo_target": "live",
 }
+PSEUDO_TARGETS = ("live", "frozen")
 
 
 def pseudo_concept(target: dict, concepts: dict, pseudo: str) -> str:
@@ -57,10 +66,31 @@ def rename(captions: list[str], name: str, new: str) -> list[str]:
     return [pattern.sub(new, c) for c in captions]
 
 
-def unet_forget_gradients(bundle, tar, *, batch_size: int, seed: int) -> tuple[dict, int]:
-    """Sum over batches of the per-batch UNet gradient clipped to norm 1."""
+def guided_noise_loss(bundle, x0, ctx, uncond, gen: torch.Generator, guidance: float):
+    """The denoising loss of the classifier-free-guided prediction
+    ``pred_u + w (pred_c - pred_u)`` at random t (the sampler's combination,
+    differentiated through both branches); w = 1 is the plain conditional loss."""
+    from ..models.diffusion import denoising_target, noise_loss
+
+    if float(guidance) == 1.0:
+        return noise_loss(bundle, x0, ctx, gen)
+    n = len(x0)
+    t = torch.randint(0, bundle.scheduler.config.num_train_timesteps, (n,), generator=gen).to(x0.device)
+    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+    xt = bundle.scheduler.add_noise(x0, noise, t)
+    both = bundle.unet(torch.cat([xt, xt]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond.expand(n, -1, -1), ctx])).sample
+    pred_u, pred_c = both.float().chunk(2)
+    pred = pred_u + float(guidance) * (pred_c - pred_u)
+    return F.mse_loss(pred, denoising_target(bundle.scheduler, x0, noise, t).float())
+
+
+def unet_forget_gradients(
+    bundle, tar, *, batch_size: int, seed: int, guidance: float = 1.0, clip_norm: float | None = None
+) -> tuple[dict, int]:
+    """Sum over batches of the UNet gradient of :func:`guided_noise_loss`,
+    each batch's clipped to ``clip_norm`` first when it is given."""
     from ..models.clip import load_pairs
-    from ..models.diffusion import noise_loss, to_model_space
+    from ..models.diffusion import to_model_space
 
     images, captions = load_pairs([tar], bundle.image_size)
     gen = torch.Generator().manual_seed(seed)
@@ -70,13 +100,18 @@ def unet_forget_gradients(bundle, tar, *, batch_size: int, seed: int) -> tuple[d
     total = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     batches = 0
     bundle.unet.eval()
+    with torch.no_grad():
+        uncond = bundle.encode_prompts([""])
     for i in range(0, len(captions), batch_size):
         with torch.no_grad():
             ctx = bundle.encode_prompts(captions[i : i + batch_size])
-        loss = noise_loss(bundle, to_model_space(bundle, images[i : i + batch_size]), ctx, gen)
+        x0 = to_model_space(bundle, images[i : i + batch_size])
+        loss = guided_noise_loss(bundle, x0, ctx, uncond, gen, guidance)
         grads = torch.autograd.grad(loss, list(params.values()))
-        norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads))
-        scale = min(1.0, 1.0 / float(norm)) if float(norm) > 0 else 0.0
+        scale = 1.0
+        if clip_norm is not None:
+            norm = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads)))
+            scale = min(1.0, float(clip_norm) / norm) if norm > 0 else 0.0
         for (n, _), g in zip(params.items(), grads):
             total[n] += g.float() * scale
         batches += 1
@@ -97,7 +132,11 @@ def masks_stage(inp: dict, out: dict, params: dict) -> None:
         torch.set_num_threads(int(params["threads"]))
     bundle = load_t2i(Path(inp["model"]).parent, device=resolve_device(params.get("device", "auto")))
     t0 = time.time()
-    grads, batches = unet_forget_gradients(bundle, inp["forget"], batch_size=int(params["batch_size"]), seed=int(params["seed"]))
+    guidance, clip_norm = float(params["guidance"]), params["clip_norm"]
+    grads, batches = unet_forget_gradients(
+        bundle, inp["forget"], batch_size=int(params["batch_size"]), seed=int(params["seed"]),
+        guidance=guidance, clip_norm=None if clip_norm is None else float(clip_norm),
+    )  # fmt: skip
     if batches == 0:
         raise UnlearnflowError(f"{inp['forget']}: the forget set is empty")
     grads = {f"unet.{n}": g for n, g in grads.items()}
@@ -105,7 +144,9 @@ def masks_stage(inp: dict, out: dict, params: dict) -> None:
     for fraction, (m, info) in masks.items():
         key = f"mask_{fraction:g}"
         save_mask(out[key], m, mask_metadata(info, inp["forget"], exclude=(), extra={
-            "model": "t2i unet", "loss": "noise prediction, per-batch gradient clipped to norm 1", "batches": batches}))
+            "model": "t2i unet", "batches": batches, "guidance": guidance, "clip_norm": clip_norm,
+            "loss": f"denoising loss of the guided prediction (w = {guidance:g}), summed over batches"
+                    + ("" if clip_norm is None else f", each clipped to norm {clip_norm:g}")}))  # fmt: skip
     print(f"{len(masks)} UNet masks from {batches} batches in {time.time() - t0:.1f} s")
 
 
@@ -115,6 +156,8 @@ def run(ctx, params: dict):
     from ..models.diffusion import noise_loss, to_model_space
 
     p = {**DEFAULTS, **params}
+    if p["pseudo_target"] not in PSEUDO_TARGETS:
+        raise UnlearnflowError(f"t2i salun: pseudo_target {p['pseudo_target']!r} unknown; known: {list(PSEUDO_TARGETS)}")
     b = ctx.bundle
     mask, _ = load_mask(ctx.mask)
     unet_params = dict(b.unet.named_parameters())
@@ -130,7 +173,8 @@ def run(ctx, params: dict):
     p_cap = rename(f_cap, ctx.target["name"], new)
     with torch.no_grad():
         f_ctx, p_ctx, r_ctx = (b.encode_prompts(c) for c in (f_cap, p_cap, r_cap))
-    frozen = copy.deepcopy(b.unet).eval()
+    # the reference detaches the live model's prediction under the pseudo prompt
+    pseudo_net = b.unet if p["pseudo_target"] == "live" else copy.deepcopy(b.unet).eval()
     theta0 = {n: t.detach().clone() for n, t in unet_params.items()}
     trainable = [n for n in unet_params if n in masks and bool(masks[n].any())]
     for n in trainable:
@@ -147,7 +191,7 @@ def run(ctx, params: dict):
         t = torch.randint(0, b.scheduler.config.num_train_timesteps, (bs,), generator=gen).to(b.device)
         xt = b.scheduler.add_noise(x0, torch.randn(x0.shape, generator=gen).to(b.device), t)
         with torch.no_grad():
-            target = frozen(xt, t, encoder_hidden_states=p_ctx[fi]).sample
+            target = pseudo_net(xt, t, encoder_hidden_states=p_ctx[fi]).sample
         loss_f = F.mse_loss(b.unet(xt, t, encoder_hidden_states=f_ctx[fi]).sample, target)
         loss_r = noise_loss(b, to_model_space(b, r_img[ri]), r_ctx[ri], gen)
         loss = loss_f + float(p["alpha"]) * loss_r

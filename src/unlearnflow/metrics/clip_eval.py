@@ -136,10 +136,11 @@ def evaluate_stage(inp: dict, out: dict, params: dict) -> None:
     members = encode_pairs(bundle.model, bundle.tokenizer, inp["forget"], bundle.preprocess, device=device)
     nonmembers = encode_pairs(bundle.model, bundle.tokenizer, inp["heldout"], bundle.preprocess, device=device)
     mia_seeds = list(range(int(params["mia_seeds"])))
-    mia = mia_accuracy(members, nonmembers, seeds=mia_seeds)
+    mia = mia_accuracy(members, nonmembers, seeds=mia_seeds, test_size=float(params["mia_test_size"]))
     record.update(
         mia=mia["mean"],
         mia_std=mia["std"],
+        mia_test_size=mia["test_size"],
         forget_cosine=float(members.mean()),
         heldout_cosine=float(nonmembers.mean()),
         target=params["target_id"],

@@ -8,8 +8,10 @@ apart, which is what a successful unlearning should reach.
 
 Protocol (REFERENCE.md section 1): per seed 0-9, subsample the larger class
 to the size of the smaller (``RandomState(seed)``), score with
-``StratifiedShuffleSplit(10, test_size=0.3, random_state=seed)``, average the
-split accuracies; report the mean and standard deviation over seeds.
+``StratifiedShuffleSplit(10, test_size=0.1, random_state=seed)`` (the
+reference's test size; ``evaluation.mia_test_size``, docs/fidelity.md item
+7), average the split accuracies; report the mean and standard deviation
+over seeds.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from ..data.shards import iter_samples
 from ..io import InputFileError, UnlearnflowError
 from .zeroshot import _param_dtype, eval_mode
 
-MIN_PER_CLASS = 4  # below this, a 70/30 stratified split leaves almost nothing to test on
+MIN_PER_CLASS = 4  # below this, a stratified split leaves almost nothing to train or test on
+TEST_SIZE = 0.1  # the reference's StratifiedShuffleSplit test_size
 
 
 def pair_cosine(image_features, text_features) -> np.ndarray:
@@ -90,7 +93,7 @@ def mia_accuracy(
     nonmember_scores,
     seeds: Iterable[int] = range(10),
     n_splits: int = 10,
-    test_size: float = 0.3,
+    test_size: float = TEST_SIZE,
 ) -> dict:
     """Accuracy (percent) of a logistic-regression attack on a 1-D score.
 
@@ -102,10 +105,15 @@ def mia_accuracy(
 
     members = np.asarray(member_scores, dtype=np.float64).ravel()
     nonmembers = np.asarray(nonmember_scores, dtype=np.float64).ravel()
-    if min(len(members), len(nonmembers)) < MIN_PER_CLASS:
+    if not 0 < test_size < 1:
+        raise UnlearnflowError(f"membership inference: test_size {test_size!r} must lie in (0, 1)")
+    # a stratified test split needs one pair of each class: 2n * test_size >= 2
+    need = max(MIN_PER_CLASS, int(np.ceil(1.0 / test_size - 1e-9)), int(np.ceil(1.0 / (1.0 - test_size) - 1e-9)))
+    if min(len(members), len(nonmembers)) < need:
         raise UnlearnflowError(
-            f"membership inference needs at least {MIN_PER_CLASS} pairs per class; got "
-            f"{len(members)} members (forget pairs) and {len(nonmembers)} non-members (held-out pairs)"
+            f"membership inference with test_size {test_size:g} needs at least {need} pairs per class; got "
+            f"{len(members)} members (forget pairs) and {len(nonmembers)} non-members (held-out pairs) "
+            "(a larger evaluation.mia_test_size needs fewer)"
         )
     if not (np.isfinite(members).all() and np.isfinite(nonmembers).all()):
         raise UnlearnflowError("membership inference: scores contain NaN or inf")
@@ -134,6 +142,7 @@ def mia_accuracy(
         "n_per_class": n,
         "n_members": len(members),
         "n_nonmembers": len(nonmembers),
+        "test_size": float(test_size),
     }
 
 
