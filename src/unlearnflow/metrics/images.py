@@ -7,16 +7,36 @@ used (tables print that name, since an FID in a tiny CLIP's feature space is
 not comparable with an Inception FID):
 
 - ``inception``: clean-fid's Inception-v3 (TorchScript, fetched by clean-fid
-  to ``/tmp/inception-2015-12-05.pt``; tests place a stand-in file there);
-  IS uses its 1008-way softmax as in the original implementation.
+  to ``/tmp/inception-2015-12-05.pt``; tests place a stand-in file there),
+  2048-d pool features for FID/KID; IS uses its 1008-way softmax without the
+  output bias, as in the original implementation.
 - ``clip``: the image tower of a local open_clip folder (the tiny CLIP of the
-  embedded default, or any exported model); IS uses its zero-shot softmax
-  over the class names given.
-- ``open_clip``: an open_clip architecture + pretrained tag or checkpoint.
+  embedded default, or any exported model), unnormalised image embeddings;
+  IS uses its zero-shot softmax over the class names given.
+- ``open_clip``: an open_clip architecture + pretrained tag or checkpoint,
+  scored like ``clip``.
 
-Folders are read by clean-fid's own loader (``get_folder_features``, clean
-resizing), so FID/KID numbers follow its conventions; for a CLIP network the
-images are resized to the tower's input size instead of 299.
+Preprocessing is clean-fid's ``mode="clean"`` for every network and every
+entry point (:meth:`FeatureNet.image_features`, which the pipeline's t2i and
+i2i evaluations call on in-memory uint8 images, :meth:`FeatureNet.probs`
+for IS, and :meth:`FeatureNet.folder_features`, which goes through clean-fid's
+own ``get_folder_features``): each image, as a uint8 HWC array, is resized by
+clean-fid's resizer ``make_resizer("PIL", False, "bicubic", (S, S))`` (PIL
+bicubic per channel on float32, no quantisation, clipped to [0, 255]),
+S = the network's input size (299 for Inception, the tower's ``image_size``
+for CLIP), and the float32 (B, 3, S, S) batch in [0, 255] goes to the network
+(which applies its own normalisation). An image that is already S x S is
+passed on as ``float32`` unchanged: PIL's resize to the same size is a copy,
+so clean-fid's output is the same, bit for bit.
+
+So ``feature_net: inception`` computes FID/KID with clean-fid's clean
+preprocessing, its Inception-v3 and its formulas (``fid_from_feats``,
+``kernel_distance``): numbers comparable with clean-fid's published (clean
+mode) conventions, given the same reference set. The embedded default for
+t2i and i2i (``feature_net: {kind: clip}``, ``fid_network: features``)
+scores in the tiny CLIP's feature space instead (32 x 32 images into a
+32-pixel tower, so no resize happens): a pipeline check, not comparable with
+published Inception FIDs.
 """
 
 from __future__ import annotations
@@ -60,11 +80,7 @@ class FeatureNet:
         return self.embed(batch.to(self.device, torch.float32))
 
     def _resized(self, images_u8: torch.Tensor) -> torch.Tensor:
-        x = images_u8.float()
-        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bicubic", antialias=True)
-            x = x.clamp(0, 255)
-        return x
+        return clean_resize(images_u8, self.input_size)
 
     @torch.no_grad()
     def image_features(self, images_u8: torch.Tensor) -> np.ndarray:
@@ -116,6 +132,22 @@ class FeatureNet:
 def _check_images(images_u8: torch.Tensor) -> None:
     if images_u8.ndim != 4 or images_u8.shape[1] != 3 or len(images_u8) == 0:
         raise UnlearnflowError(f"expected a non-empty batch of images (N, 3, H, W), got shape {tuple(images_u8.shape)}")
+
+
+def clean_resize(images_u8: torch.Tensor, size: int) -> torch.Tensor:
+    """clean-fid's ``mode="clean"`` preprocessing of uint8 images (N, 3, H, W):
+    float32 (N, 3, size, size) in [0, 255], exactly what clean-fid's
+    ``ResizeDataset`` hands the network (its resizer on each uint8 HWC array,
+    then ``ToTensor`` of the float32 result, which does not rescale, stacked).
+    Images already ``size`` x ``size`` skip the resizer: PIL returns a copy
+    for a same-size resize, so the result is the same, bit for bit."""
+    from cleanfid.resize import make_resizer
+
+    if tuple(images_u8.shape[-2:]) == (size, size):
+        return images_u8.float()
+    resize = make_resizer("PIL", False, "bicubic", (size, size))
+    hwc = images_u8.cpu().permute(0, 2, 3, 1).numpy()
+    return torch.stack([torch.from_numpy(resize(img).transpose(2, 0, 1)) for img in hwc])
 
 
 # ------------------------------------------------------------ the networks
