@@ -115,6 +115,29 @@ def test_salun_leaves_every_non_salient_weight_bit_identical(model_dir, sets, tm
     assert C_FC in res.tensors
 
 
+def test_salun_mask_fraction_changes_the_update(model_dir, sets, tmp_path):
+    """Masks of two fractions from the same forget gradient (ranked among the
+    weights with a non-zero gradient) give different deltas, the smaller
+    fraction moving fewer weights."""
+    from unlearnflow.masks import global_topk_masks, mask_metadata, save_mask
+
+    bundle = load_clip(model_dir)
+    grads, _ = accumulate_gradients(bundle, list(iter_batches(sets["forget"], bundle, 16)), "cosine", progress=False)
+    masks = global_topk_masks(grads, [0.1, 0.5], exclude=("logit_scale",), rank_among="nonzero")
+    moved = {}
+    deltas = {}
+    for f, (m, info) in masks.items():
+        path = tmp_path / f"salun_{f}.safetensors"
+        save_mask(path, m, mask_metadata(info, sets["forget"], exclude=("logit_scale",)))
+        res = salun.run(context(model_dir, sets, mask=path), {**FAST, "mask_fraction": f})
+        base = base_params(model_dir)
+        deltas[f] = res.tensors
+        moved[f] = sum(int((t != base[n]).sum()) for n, t in res.tensors.items())
+    assert 0 < moved[0.1] < moved[0.5]
+    common = deltas[0.1].keys() & deltas[0.5].keys()
+    assert common and any(not torch.equal(deltas[0.1][n], deltas[0.5][n]) for n in common)
+
+
 def test_without_restoring_weight_decay_would_move_non_salient_weights(model_dir, sets, tmp_path):
     """Masking the gradients alone is not enough: AdamW's decoupled weight decay
     shrinks the non-salient weights (by exactly prod(1 - lr_t * wd)); plain GA+FT

@@ -500,7 +500,7 @@ def analysis_stage(inp: dict, out: dict, params: dict) -> None:
     """Rule ``layer_analysis``: inputs grad_forget, grad_retain, weights;
     outputs table (parquet), plot (png); params use_abs_alignment, exclude,
     include_layernorm, matrices_only."""
-    use_abs = bool(params["use_abs_alignment"])
+    use_abs = bool(params.get("use_abs_alignment", True))  # the reference |cos|
     exclude = params.get("exclude")
     exclude = DEFAULT_EXCLUDE if exclude is None else tuple(exclude)
     df = analyse(
