@@ -263,7 +263,7 @@ def test_mia_test_size_is_the_reference_share_and_small_sets_fail_loudly():
     rng = np.random.RandomState(4)
     m, h = rng.normal(0.34, 0.05, 40), rng.normal(0.3, 0.05, 40)
     r = mia.mia_accuracy(m, h, seeds=[0])
-    assert r["test_size"] == 0.1 == mia.TEST_SIZE
+    assert r["test_size"] == 0.1 == mia.TEST_SIZE and r["test_pairs"] == 8
     # the split it scores on: 10 stratified splits with 8 of the 80 pairs held out
     split = next(StratifiedShuffleSplit(10, test_size=0.1, random_state=0).split(np.r_[m, h][:, None], np.r_[np.ones(40), np.zeros(40)]))
     assert len(split[1]) == 8

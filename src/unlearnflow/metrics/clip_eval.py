@@ -137,10 +137,16 @@ def evaluate_stage(inp: dict, out: dict, params: dict) -> None:
     nonmembers = encode_pairs(bundle.model, bundle.tokenizer, inp["heldout"], bundle.preprocess, device=device)
     mia_seeds = list(range(int(params["mia_seeds"])))
     mia = mia_accuracy(members, nonmembers, seeds=mia_seeds, test_size=float(params["mia_test_size"]))
+    if mia["test_pairs"] < 20:
+        print(
+            f"warning: MIA scores each split on {mia['test_pairs']} pairs ({mia['n_per_class']} per class, "
+            f"test share {mia['test_size']:g}): its value is mostly noise; more held-out pairs make it meaningful"
+        )
     record.update(
         mia=mia["mean"],
         mia_std=mia["std"],
         mia_test_size=mia["test_size"],
+        mia_test_pairs=mia["test_pairs"],
         forget_cosine=float(members.mean()),
         heldout_cosine=float(nonmembers.mean()),
         target=params["target_id"],

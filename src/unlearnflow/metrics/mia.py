@@ -143,6 +143,8 @@ def mia_accuracy(
         "n_members": len(members),
         "n_nonmembers": len(nonmembers),
         "test_size": float(test_size),
+        # pairs each split scores on: below ~20 the mean is mostly noise
+        "test_pairs": int(np.ceil(2 * n * test_size - 1e-9)),
     }
 
 
