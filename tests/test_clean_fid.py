@@ -12,37 +12,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from inception_stand_in import save_stand_in_inception
 from unlearnflow.metrics import images as im
 from unlearnflow.models.clip import save_clip, tiny_config
 
 RTOL = 1e-5
 
 
-class _SpatialInception(torch.nn.Module):
-    """Shaped like clean-fid's TorchScript Inception (``layers`` gives 2048-d
-    features of x/128 - 1, forward(x, return_features, no_output_bias) a
-    1008-way softmax), but keeps a 16 x 16 spatial grid so that how the image
-    was resized shows in the features."""
-
-    def __init__(self):
-        super().__init__()
-        self.layers = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 8, 8, stride=8), torch.nn.Tanh(), torch.nn.AdaptiveAvgPool2d(16), torch.nn.Flatten()
-        )
-        self.fc = torch.nn.Linear(2048, 1008)
-
-    def forward(self, x, return_features: bool = False, no_output_bias: bool = False):
-        f = self.layers(x / 128 - 1)
-        if return_features:
-            return f
-        return torch.softmax(self.fc(f), dim=1)
-
-
 @pytest.fixture(scope="module")
 def inception(tmp_path_factory):
     d = tmp_path_factory.mktemp("inception")
-    torch.manual_seed(0)
-    torch.jit.script(_SpatialInception()).save(str(d / im.INCEPTION_FILE))
+    save_stand_in_inception(d / im.INCEPTION_FILE, grid=16)  # a 16 x 16 grid: resizing shows
     mp = pytest.MonkeyPatch()
     mp.setenv("UNLEARNFLOW_INCEPTION_DIR", str(d))
     try:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import small_config, small_synthetic
+from inception_stand_in import save_stand_in_inception
 from unlearnflow.io import InputFileError, UnlearnflowError
 from unlearnflow.metrics import images as im
 from unlearnflow.models import diffusion as D
@@ -157,29 +158,9 @@ def test_folder_features_match_tensor_features_and_errors_name_the_folder(clip_d
         net.folder_features(tmp_path / "empty")
 
 
-class _StandInInception(torch.nn.Module):
-    """Shaped like clean-fid's TorchScript Inception: ``layers`` gives the
-    2048-d pool features, forward(x, return_features, no_output_bias) the
-    1008-way softmax."""
-
-    def __init__(self):
-        super().__init__()
-        self.layers = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 2048, 8, stride=8), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
-        )
-        self.fc = torch.nn.Linear(2048, 1008)
-
-    def forward(self, x, return_features: bool = False, no_output_bias: bool = False):
-        f = self.layers(x / 128 - 1)
-        if return_features:
-            return f
-        return torch.softmax(self.fc(f), dim=1)
-
-
 def test_inception_path_with_a_stand_in_file(tmp_path, monkeypatch, clip_dir):
     monkeypatch.setenv("UNLEARNFLOW_INCEPTION_DIR", str(tmp_path))
-    torch.manual_seed(0)
-    torch.jit.script(_StandInInception()).save(str(tmp_path / im.INCEPTION_FILE))
+    save_stand_in_inception(tmp_path / im.INCEPTION_FILE)
     net = im.feature_net("inception")
     assert net.name.startswith("inception_v3") and net.input_size == 299
     im.save_pngs(_images(6, 4), tmp_path / "pngs", [str(i) for i in range(6)])

@@ -336,11 +336,9 @@ def finetune(
             assert len(plan) == steps_per_epoch, (len(plan), steps_per_epoch)
             f_losses, r_losses = [], []
             cur_lr = float("nan")
-            for f_idx, r_idx in plan:
+            for f_idx, r_idx in plan:  # the plan has no contrastive batch of one pair
                 if step >= total:
                     break
-                if r_idx is not None and retain_loss == "contrastive" and len(r_idx) < 2:
-                    r_idx = None  # InfoNCE of one pair is 0
                 cur_lr = lr_at(step, lr=float(lr), total=total, schedule=schedule, warmup_steps=int(warmup_steps))
                 for g in opt.param_groups:
                     g["lr"] = cur_lr

@@ -66,31 +66,14 @@ def rename(captions: list[str], name: str, new: str) -> list[str]:
     return [pattern.sub(new, c) for c in captions]
 
 
-def guided_noise_loss(bundle, x0, ctx, uncond, gen: torch.Generator, guidance: float):
-    """The denoising loss of the classifier-free-guided prediction
-    ``pred_u + w (pred_c - pred_u)`` at random t (the sampler's combination,
-    differentiated through both branches); w = 1 is the plain conditional loss."""
-    from ..models.diffusion import denoising_target, noise_loss
-
-    if float(guidance) == 1.0:
-        return noise_loss(bundle, x0, ctx, gen)
-    n = len(x0)
-    t = torch.randint(0, bundle.scheduler.config.num_train_timesteps, (n,), generator=gen).to(x0.device)
-    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
-    xt = bundle.scheduler.add_noise(x0, noise, t)
-    both = bundle.unet(torch.cat([xt, xt]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond.expand(n, -1, -1), ctx])).sample
-    pred_u, pred_c = both.float().chunk(2)
-    pred = pred_u + float(guidance) * (pred_c - pred_u)
-    return F.mse_loss(pred, denoising_target(bundle.scheduler, x0, noise, t).float())
-
-
 def unet_forget_gradients(
     bundle, tar, *, batch_size: int, seed: int, guidance: float = 1.0, clip_norm: float | None = None
 ) -> tuple[dict, int]:
-    """Sum over batches of the UNet gradient of :func:`guided_noise_loss`,
+    """Sum over batches of the UNet gradient of the denoising loss of the
+    prediction guided with ``guidance`` (:func:`models.diffusion.noise_loss`),
     each batch's clipped to ``clip_norm`` first when it is given."""
     from ..models.clip import load_pairs
-    from ..models.diffusion import to_model_space
+    from ..models.diffusion import noise_loss, to_model_space
 
     images, captions = load_pairs([tar], bundle.image_size)
     gen = torch.Generator().manual_seed(seed)
@@ -106,7 +89,7 @@ def unet_forget_gradients(
         with torch.no_grad():
             ctx = bundle.encode_prompts(captions[i : i + batch_size])
         x0 = to_model_space(bundle, images[i : i + batch_size])
-        loss = guided_noise_loss(bundle, x0, ctx, uncond, gen, guidance)
+        loss = noise_loss(bundle, x0, ctx, gen, uncond=uncond, guidance=guidance)
         grads = torch.autograd.grad(loss, list(params.values()))
         scale = 1.0
         if clip_norm is not None:

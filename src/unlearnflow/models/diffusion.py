@@ -433,14 +433,32 @@ def denoising_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.
     raise UnlearnflowError(f"unsupported prediction_type {kind!r}")
 
 
-def noise_loss(bundle: T2IBundle, x0: torch.Tensor, ctx: torch.Tensor, gen: torch.Generator, reduction="mean"):
-    """The denoising loss MSE(unet(x_t, t, c), target) at random t."""
+def noise_loss(
+    bundle: T2IBundle,
+    x0: torch.Tensor,
+    ctx: torch.Tensor,
+    gen: torch.Generator,
+    reduction="mean",
+    *,
+    uncond: torch.Tensor | None = None,
+    guidance: float = 1.0,
+):
+    """The denoising loss MSE(unet(x_t, t, c), target) at random t.
+
+    With ``uncond`` (the empty prompt's embedding) and ``guidance`` w != 1, the
+    prediction is the classifier-free-guided ``pred_u + w (pred_c - pred_u)``
+    the sampler uses, differentiated through both branches (SalUn's mask)."""
     n = len(x0)
     t = torch.randint(0, bundle.scheduler.config.num_train_timesteps, (n,), generator=gen).to(x0.device)
     noise = torch.randn(x0.shape, generator=gen).to(x0.device)
     xt = bundle.scheduler.add_noise(x0, noise, t)
-    pred = bundle.unet(xt, t, encoder_hidden_states=ctx).sample
-    return F.mse_loss(pred.float(), denoising_target(bundle.scheduler, x0, noise, t).float(), reduction=reduction)
+    if uncond is None or float(guidance) == 1.0:
+        pred = bundle.unet(xt, t, encoder_hidden_states=ctx).sample.float()
+    else:
+        both = torch.cat([uncond.expand(n, -1, -1), ctx])
+        pred_u, pred_c = bundle.unet(torch.cat([xt, xt]), torch.cat([t, t]), encoder_hidden_states=both).sample.float().chunk(2)
+        pred = pred_u + float(guidance) * (pred_c - pred_u)
+    return F.mse_loss(pred, denoising_target(bundle.scheduler, x0, noise, t).float(), reduction=reduction)
 
 
 def to_model_space(bundle: T2IBundle, images_u8: torch.Tensor) -> torch.Tensor:
