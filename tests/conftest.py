@@ -52,13 +52,13 @@ def small_shards(tmp_path_factory):
     return paths
 
 
-def write_small_eval_sets(d: Path, val: int, test: int) -> dict:
-    """Tiny identity/object eval sets, as the inputs metrics.clip_eval.eval_sets_from reads."""
+def write_small_eval_sets(d: Path, val: int, test: int, sets=("identities", "objects")) -> dict:
+    """Tiny eval sets, as the inputs metrics.clip_eval.eval_sets_from reads."""
     from unlearnflow.data.synthetic import SyntheticSpec, write_eval_set
 
     spec = SyntheticSpec.from_params(small_synthetic())
     files = {}
-    for s in ("identities", "objects"):
+    for s in sets:
         out = {"val": d / f"{s}_val.tar", "test": d / f"{s}_test.tar", "classes": d / f"{s}.json"}
         write_eval_set(spec, s, {"val": val, "test": test}, out)
         files |= {f"{s}_val": out["val"], f"{s}_test": out["test"], f"{s}_classes": out["classes"]}

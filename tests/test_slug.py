@@ -23,11 +23,14 @@ from unlearnflow.io import UnlearnflowError
 from unlearnflow.layers import analysis_stage
 from unlearnflow.methods import get_method, unlearn_stage
 from unlearnflow.methods.slug import (
+    AUTO_FA5_MIN_CLASSES,
     CachedVisionEncoder,
     ProbeEvaluator,
     SearchState,
     choose,
     edited,
+    resolve_forget_metric,
+    run_slug,
     search_layer,
 )
 from unlearnflow.metrics.clip_eval import EvalSuite, eval_sets_from
@@ -54,10 +57,11 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def eval_dir(tmp_path_factory):
-    return write_small_eval_sets(tmp_path_factory.mktemp("eval"), val=3, test=3)
+    return write_small_eval_sets(tmp_path_factory.mktemp("eval"), val=3, test=3, sets=("identities", "objects", "styles"))
 
 
 TARGET = {"id": "mira", "name": "Mira Castell", "kind": "identity"}
+STYLE = {"id": "inkwash", "name": "Inkwash", "kind": "style"}
 
 
 def test_forget_loss_is_mean_one_minus_cosine():
@@ -161,12 +165,13 @@ def test_cached_vision_features_equal_full_forward(model_dir, eval_dir, name):
     torch.testing.assert_close(enc(), full, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("target", [TARGET, STYLE], ids=["identity", "style"])
 @pytest.mark.parametrize(
     "name", ["visual.transformer.resblocks.1.mlp.c_proj.weight", "transformer.resblocks.1.attn.out_proj.weight"]
 )
-def test_probe_results_equal_uncached_evaluation(model_dir, eval_dir, name):
+def test_probe_results_equal_uncached_evaluation(model_dir, eval_dir, name, target):
     bundle = load_clip(model_dir)
-    suite = EvalSuite.load(eval_sets_from(eval_dir, "val"), TARGET, bundle.preprocess)
+    suite = EvalSuite.load(eval_sets_from(eval_dir, "val"), target, bundle.preprocess)
     probe = ProbeEvaluator(bundle, suite, name)
     param = dict(bundle.model.named_parameters())[name]
     theta0 = param.detach().clone()
@@ -178,8 +183,77 @@ def test_probe_results_equal_uncached_evaluation(model_dir, eval_dir, name):
     uncached = suite.evaluate(bundle.model, bundle.tokenizer)
     with torch.no_grad():
         param.copy_(theta0)
-    for k in ("fa1", "fa5", "identity_acc1", "identity_acc5", "test_acc1", "test_acc5"):
+    keys = ["fa1", "fa5", "identity_acc1", "identity_acc5", "test_acc1", "test_acc5"]
+    keys += ["style_acc1", "style_acc5"] if target["kind"] == "style" else []
+    assert set(keys) <= set(cached)
+    for k in keys:
         assert cached[k] == pytest.approx(uncached[k]), k
+
+
+def test_style_target_scores_by_hand(model_dir, eval_dir):
+    """A style target: forget accuracy over the style names on its own images,
+    style_acc1 on the other styles' images, and identity / object accuracy
+    over every class (no target among them)."""
+    from unlearnflow.metrics.zeroshot import STYLE_TEMPLATES, encode_images, text_classifier
+
+    bundle = load_clip(model_dir)
+    suite = EvalSuite.load(eval_sets_from(eval_dir, "test"), STYLE, bundle.preprocess)
+    assert suite.style_names == ["Vellum", "Neonwave", "Inkwash"] and suite.vocabulary_size == 3
+    rec = suite.evaluate(bundle.model, bundle.tokenizer)
+    feats = encode_images(bundle.model, suite.styles.images)
+    clf = text_classifier(bundle.model, bundle.tokenizer, suite.style_names, STYLE_TEMPLATES)
+    pred, labels = (feats @ clf).argmax(1), suite.styles.labels
+    own = labels == 2
+    assert rec["fa1"] == pytest.approx(100 * float((pred[own] == 2).float().mean()))
+    assert rec["style_acc1"] == pytest.approx(100 * float((pred[~own] == labels[~own]).float().mean()))
+    assert rec["fa5"] == 100.0  # top-5 of 3 names
+    assert rec["n_forget_images"] == int(own.sum()) > 0
+    # identities and objects: every class counts, none is the target
+    clfs = suite.classifiers(bundle.model, bundle.tokenizer)
+    for images, key in ((suite.objects, "objects"), (suite.identities, "identities")):
+        pred = (encode_images(bundle.model, images.images) @ clfs[key]).argmax(1)
+        hits = [float((pred[images.labels == c] == c).float().mean()) for c in images.labels.unique()]
+        if key == "objects":  # plain mean over images
+            assert rec["test_acc1"] == pytest.approx(100 * float((pred == images.labels).float().mean()))
+        else:  # mean over identities, all of them
+            assert rec["identity_acc1"] == pytest.approx(100 * sum(hits) / len(hits))
+    ident = EvalSuite.load(eval_sets_from(eval_dir, "test"), TARGET, bundle.preprocess)
+    assert ident.styles is None and "style_acc1" not in ident.evaluate(bundle.model, bundle.tokenizer)
+
+
+def test_style_target_needs_the_styles_set(model_dir, eval_dir):
+    bundle = load_clip(model_dir)
+    sets = {k: v for k, v in eval_sets_from(eval_dir, "val").items() if k != "styles"}
+    with pytest.raises(UnlearnflowError, match=r"'Inkwash' is a style.*data.eval.styles"):
+        EvalSuite.load(sets, STYLE, bundle.preprocess)
+    with pytest.raises(UnlearnflowError, match="not one of the 3 class names"):
+        EvalSuite.load(eval_sets_from(eval_dir, "val"), {"name": "Pointillism", "kind": "style"}, bundle.preprocess)
+
+
+def test_auto_forget_metric_follows_the_vocabulary_size():
+    """auto: the reference's FA@5 among >= 100 names (top 5 = 5 %), FA@1 among fewer."""
+    assert AUTO_FA5_MIN_CLASSES == 100
+    assert resolve_forget_metric("auto", 10) == "fa1" and resolve_forget_metric("auto", 99) == "fa1"
+    assert resolve_forget_metric("auto", 100) == "fa5" and resolve_forget_metric("auto", 1000) == "fa5"
+    assert resolve_forget_metric("fa5", 10) == "fa5" and resolve_forget_metric("fa1", 1000) == "fa1"
+    with pytest.raises(UnlearnflowError, match="'fa3' is not one of auto, fa1, fa5"):
+        resolve_forget_metric("fa3", 10)
+
+
+def test_run_slug_stops_on_the_resolved_metric(model_dir, eval_dir):
+    """run_slug resolves auto once, records what it used, and stops on it."""
+    bundle = load_clip(model_dir)
+    suite = EvalSuite.load(eval_sets_from(eval_dir, "val"), TARGET, bundle.preprocess)
+    name = "transformer.resblocks.1.attn.out_proj.weight"
+    theta = dict(bundle.model.named_parameters())[name]
+    grads = {name: torch.randn_like(theta)}
+    table = pd.DataFrame({"name": [name], "tower": ["text"], "pareto": [True], "front_rank": [0]})
+    for asked, used in (("auto", "fa1"), ("fa5", "fa5")):
+        out = run_slug(bundle, suite, grads, table, {"forget_metric": asked, "max_probes": 3})
+        assert out["params"]["forget_metric"] == used and out["params"]["forget_metric_asked"] == asked
+        assert out["params"]["vocabulary_size"] == 6
+        for _, r in out["trace"].iterrows():
+            assert r["forgets"] == (r[used] <= 0.0)
 
 
 def _fake_search(forget_from, budget_until, max_probes=10, tol=0.05):

@@ -294,6 +294,38 @@ def test_clip_dag_end_to_end_all_methods(repo_workflow):
     assert "Nothing to be done" in out
 
 
+def test_clip_branch_unlearns_a_style_target(workflow):
+    """A style as a CLIP target: forget set by the style's name, forget
+    accuracy over the style names on the styles set, style_acc1 in the
+    records and the table, and SLUG's auto stop rule resolved to FA@1 among
+    3 style names (recorded in its info)."""
+    import pandas as pd
+
+    cfg = small_config(
+        targets=[{"id": "inkwash", "name": "Inkwash", "kind": "style"}],
+        clip={"train": {"epochs": 2, "batch_size": 64}},
+        run_methods=["slug", "ssd"],
+        methods={"slug": {"max_layers_per_tower": 1, "max_probes": 3}, "ssd": {"lambdas": [0.5, 1.0]}},
+        evaluation={"mia_seeds": 1},
+    )
+    cfg["branches"] = ["clip"]
+    cfg["data"]["heldout_shards"] = ["00005"]
+    workflow.run(cfg=cfg)
+    res = workflow.workdir / "results"
+    table = pd.read_csv(res / "tables/clip_unlearning.csv")
+    assert list(table.columns[:7]) == ["target", "method", "fa1", "fa5", "identity_acc1", "test_acc1", "style_acc1"]
+    rows = table[table["target"] == "inkwash"].set_index("method")
+    assert set(rows.index) == {"original", "slug", "ssd"}
+    assert rows["style_acc1"].between(0, 100).all() and rows.loc["original", "fa1"] >= 0
+    summary = json.loads((res / "data/inkwash/summary.json").read_text())
+    assert summary["forget"] > 0 and all("inkwash" in c.lower() for c in summary["forget_examples"])
+    info = json.loads((res / "unlearn/tiny_clip/inkwash/slug/info.json").read_text())
+    assert info["params"]["forget_metric_asked"] == "auto" and info["params"]["forget_metric"] == "fa1"
+    assert info["params"]["vocabulary_size"] == 3
+    base = json.loads((res / "eval/tiny_clip/inkwash/base.json").read_text())
+    assert base["n_forget_images"] == 5 and base["style_acc1"] >= 0  # 5 objects x 1 test picture in Inkwash
+
+
 T2I_RULES = {"pretrain_t2i", "export_t2i", "t2i_salun_masks", "unlearn_t2i", "generate_t2i", "evaluate_t2i", "t2i_table"}
 I2I_RULES = {"i2i_images", "i2i_sets", "train_i2i", "import_i2i", "unlearn_i2i", "evaluate_i2i", "i2i_table", "i2i_tsne"}
 CLIP_RULES = {"clip_gradients", "layer_analysis", "unlearn_clip", "evaluate_clip", "clip_table", "clip_tradeoff"}

@@ -45,11 +45,14 @@ def method_cost(paths: list) -> dict:
 
 def clip_table(records: list[dict], costs: dict) -> pd.DataFrame:
     """``costs``: {target: {method: [benchmark paths]}}."""
+    columns = list(CLIP_COLUMNS)
+    if any("style_acc1" in r for r in records):  # a style target: the other styles' accuracy
+        columns.insert(columns.index("test_acc1") + 1, "style_acc1")
     rows = []
     for r in records:
         c = method_cost(costs.get(r["target"], {}).get(r["method"], []))
-        rows.append({k: r.get(k) for k in CLIP_COLUMNS if k not in c} | c | {"provenance": r.get("provenance_id")})
-    df = pd.DataFrame(rows, columns=CLIP_COLUMNS)
+        rows.append({k: r.get(k) for k in columns if k not in c} | c | {"provenance": r.get("provenance_id")})
+    df = pd.DataFrame(rows, columns=columns)
     order = {m: i for i, m in enumerate(["original"] + sorted(set(df["method"]) - {"original"}))}
     df = df.sort_values(["target", "method"], key=lambda s: s.map(order) if s.name == "method" else s)
     mean = df.groupby("method", sort=False).mean(numeric_only=True).reset_index()
@@ -64,7 +67,7 @@ def clip_table(records: list[dict], costs: dict) -> pd.DataFrame:
             aggregates[pid] = rec
         ids.append(pid)
     mean["provenance"] = ids
-    out = pd.concat([df, mean[CLIP_COLUMNS]], ignore_index=True)
+    out = pd.concat([df, mean[columns]], ignore_index=True)
     out.attrs["provenance"] = aggregates
     return out
 

@@ -236,13 +236,22 @@ def model_files(model=MODEL):
     }
 
 
-def eval_set_files(split):
+def eval_set_files(split, sets=("identities", "objects")):
     """Inputs named like metrics.clip_eval.eval_sets_from expects."""
     files = {}
-    for s in ("identities", "objects"):
+    for s in sets:
         files[f"{s}_{split}"] = f"results/data/eval/{s}/{split}.tar"
         files[f"{s}_classes"] = f"results/data/eval/{s}/classes.json"
     return files
+
+
+def style_eval_files(split):
+    """The styles set, for a style target only (the others never read it)."""
+    return lambda wc: (
+        eval_set_files(split, ("styles",))
+        if target_config(wc.target)["kind"] == "style"
+        else {}
+    )
 
 
 def method_inputs(wildcards):
@@ -315,8 +324,11 @@ def slug_stop_rule():
     if "slug" not in METHODS:
         return ""
     p = config["methods"]["slug"]
+    metric = p["forget_metric"].upper()
+    if metric == "AUTO":
+        metric = "FA@5 (targets among >= 100 class names) or FA@1 (fewer)"
     return (
-        f"SLUG stops at {p['forget_metric'].upper()} <= {p['forget_target']:g} % "
+        f"SLUG stops at {metric} <= {p['forget_target']:g} % "
         "on the validation split within its utility budget."
     )
 

@@ -12,6 +12,7 @@ rule evaluate_clip:
                 }
             )
         ),
+        unpack(style_eval_files("test")),
         **model_files(),
         **eval_set_files("test"),
         forget="results/data/{target}/forget.tar",

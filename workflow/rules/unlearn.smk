@@ -4,6 +4,7 @@
 rule unlearn_clip:
     input:
         unpack(method_inputs),
+        unpack(style_eval_files("val")),
         **model_files(),
         **eval_set_files("val"),
         forget="results/data/{target}/forget.tar",

@@ -42,11 +42,21 @@ DEFAULTS = {
     "max_layers_per_tower": 3,
     "max_probes": 10,
     "init_fraction": 0.1,
-    "forget_metric": "fa5",  # the reference stops on FA@5 = 0 (docs/fidelity.md item 3)
+    # auto: FA@5 (the reference's rule) when the target competes with at
+    # least AUTO_FA5_MIN_CLASSES names, else FA@1 (docs/fidelity.md item 9)
+    "forget_metric": "auto",
     "forget_target": 0.0,
     "utility_budget": {"identity_acc1": 5.0, "test_acc1": 3.0},
     "bracket_tol": 0.05,
 }
+
+# The reference stops on FA@5 = 0 over CelebA's 100 identities, where the top
+# 5 are 5 % of the names. Over 10-12 names the top 5 are about half of them:
+# FA@5 = 0 then asks that the target rank in the bottom half on every image,
+# which no method reaches within utility on the tiny default (issue 18).
+AUTO_FA5_MIN_CLASSES = 100
+
+TRACED = ("fa1", "fa5", "identity_acc1", "test_acc1", "style_acc1")
 
 _BLOCK = re.compile(r"^visual\.transformer\.resblocks\.(\d+)\.")
 
@@ -134,8 +144,7 @@ class ProbeEvaluator:
         self.vision = param_name.startswith("visual.")
         if self.vision:
             self.encoders = {
-                "identities": CachedVisionEncoder(model, suite.identities.images, param_name),
-                "objects": CachedVisionEncoder(model, suite.objects.images, param_name),
+                k: CachedVisionEncoder(model, v.images, param_name) for k, v in suite.image_sets.items()
             }
             self.fixed_classifiers = fixed.get("classifiers") or suite.classifiers(model, tok, dev)
         else:
@@ -182,12 +191,22 @@ class SearchState:
         return self.hi is not None and (self.hi - self.lo) <= tol * self.hi
 
 
+def resolve_forget_metric(metric: str, vocabulary_size: int) -> str:
+    """``auto`` -> ``fa5`` over at least AUTO_FA5_MIN_CLASSES names, else ``fa1``."""
+    if metric == "auto":
+        return "fa5" if vocabulary_size >= AUTO_FA5_MIN_CLASSES else "fa1"
+    if metric not in ("fa1", "fa5"):
+        raise UnlearnflowError(f"methods.slug.forget_metric: {metric!r} is not one of auto, fa1, fa5")
+    return metric
+
+
 def forgets(metrics: dict, p: dict) -> bool:
     return metrics[p["forget_metric"]] <= p["forget_target"]
 
 
 def within_budget(base: dict, metrics: dict, budget: dict) -> bool:
-    return all(base[k] - metrics[k] <= float(v) for k, v in budget.items())
+    # style_acc1 is measured for style targets only
+    return all(base[k] - metrics[k] <= float(v) for k, v in budget.items() if k in base)
 
 
 def search_layer(evaluate, theta0, grad, base: dict, p: dict, layer: str) -> tuple[list[dict], dict]:
@@ -211,7 +230,7 @@ def search_layer(evaluate, theta0, grad, base: dict, p: dict, layer: str) -> tup
                 "forgets": f,
                 "within_budget": ok,
                 "seconds": time.perf_counter() - t0,
-                **{k: m[k] for k in ("fa1", "fa5", "identity_acc1", "test_acc1")},
+                **{k: m[k] for k in TRACED if k in m},
             }
         )
         if f and ok and (state.best is None or state.lam < state.best[0]):
@@ -230,7 +249,7 @@ def search_layer(evaluate, theta0, grad, base: dict, p: dict, layer: str) -> tup
         outcome = {
             "status": "forgets over budget" if forgetting else "does not forget",
             "lam": r["lam"],
-            "metrics": {k: r[k] for k in ("fa1", "fa5", "identity_acc1", "test_acc1")},
+            "metrics": {k: r[k] for k in TRACED if k in r},
         }
     outcome.update(layer=layer, probes=len(rows))
     return rows, outcome
@@ -273,6 +292,9 @@ def front_layers(table: pd.DataFrame, max_per_tower: int) -> list[str]:
 def run_slug(bundle, suite: EvalSuite, grads: dict, table: pd.DataFrame, params: dict) -> dict:
     """Search every chosen front layer; return the edit, the trace and the choice."""
     p = {**DEFAULTS, **{k: v for k, v in params.items() if k in DEFAULTS}}
+    p["forget_metric_asked"] = p["forget_metric"]
+    p["forget_metric"] = resolve_forget_metric(p["forget_metric"], suite.vocabulary_size)
+    p["vocabulary_size"] = suite.vocabulary_size
     # the base model's image features and text classifiers: its record, and
     # what every probe of a layer in the other tower reuses
     fixed = {

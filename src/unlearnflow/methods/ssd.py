@@ -154,7 +154,8 @@ def _forgets(m: dict, p: dict) -> bool:
 
 
 def _within(base: dict, m: dict, budget: dict) -> bool:
-    return all(base[k] - m[k] <= float(v) for k, v in budget.items())
+    # style_acc1 is measured for style targets only
+    return all(base[k] - m[k] <= float(v) for k, v in budget.items() if k in base)
 
 
 def choose(rows: list[dict], p: dict) -> dict:
@@ -164,7 +165,7 @@ def choose(rows: list[dict], p: dict) -> dict:
     (``cumulative``: every epoch dampens further)."""
     if not rows:
         raise UnlearnflowError("ssd: no lambda was probed")
-    keys = list(p["utility_budget"]) or ["identity_acc1", "test_acc1"]
+    keys = [k for k in p["utility_budget"] if k in rows[0]] or ["identity_acc1", "test_acc1"]
     cumulative = p.get("lambda_mode", DEFAULTS["lambda_mode"]) == "cumulative"
 
     def gentleness(r):
@@ -251,7 +252,7 @@ def run_ssd(bundle, imp_f: dict, imp_d: dict, params: dict, suite=None) -> dict:
                 "forgets": _forgets(m, p),
                 "within_budget": _within(base, m, p["utility_budget"]),
                 "seconds": time.perf_counter() - t0,
-                **{k: m[k] for k in ("fa1", "fa5", "identity_acc1", "test_acc1")},
+                **{k: m[k] for k in ("fa1", "fa5", "identity_acc1", "test_acc1", "style_acc1") if k in m},
             }
         )
         log.info("ssd lambda %.4g: %s", lam, {k: rows[-1][k] for k in ("fa1", "identity_acc1", "test_acc1")})

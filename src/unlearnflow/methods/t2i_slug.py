@@ -169,8 +169,7 @@ def run(ctx, params: dict):
         from .slug import run_slug
 
         text_table = table[table["name"].isin(layers)]  # the usable text front layers
-        sets = {k: v for k, v in ctx.val_sets.items() if k in ("identities", "objects")}
-        out = run_slug(clip_bundle, EvalSuite.load(sets, ctx.target, clip_bundle.preprocess), grads, text_table,
+        out = run_slug(clip_bundle, EvalSuite.load(ctx.val_sets, ctx.target, clip_bundle.preprocess), grads, text_table,
                        {**params, "max_layers_per_tower": p["max_layers"]})
         (layer, tensor), = out["tensors"].items()
         info = {"criterion": "clip", "layer": layer, "lambda": out["choice"]["lam"], "status": out["choice"]["status"],

@@ -25,11 +25,12 @@ import torch
 
 from ..io import UnlearnflowError, read_json, read_parquet, write_json
 from . import images as im
+from .zeroshot import STYLE_TEMPLATES
 
 CLASSIFIER_TEMPLATES = {
     "identity": ("{c}.",),
     "object": ("a photo of a {c}.", "a photo of the small {c}.", "art of the {c}."),
-    "style": ("{c} art.", "in the style of {c}.", "a {c} style picture."),
+    "style": STYLE_TEMPLATES,
 }
 EVAL_SET_OF = {"identity": "identities", "object": "objects", "style": "styles"}
 

@@ -47,6 +47,9 @@ SIMPLE_TEMPLATES: tuple[str, ...] = (
     "a photo of the small {c}.",
 )
 
+# Style names (UnlearnCanvas-like): the phrasings a caption uses for a style.
+STYLE_TEMPLATES: tuple[str, ...] = ("{c} art.", "in the style of {c}.", "a {c} style picture.")
+
 LOGIT_SCALE = 100.0  # fixed, as in the reference; the model's own logit_scale is not used
 
 
@@ -329,6 +332,7 @@ def object_scores(
 __all__ = [
     "IDENTITY_TEMPLATES",
     "SIMPLE_TEMPLATES",
+    "STYLE_TEMPLATES",
     "LabelledImages",
     "load_labelled",
     "read_classes",
