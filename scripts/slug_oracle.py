@@ -38,14 +38,23 @@ from unlearnflow.targets import merge_targets  # noqa: E402
 RATIOS = "0.02,0.05,0.1,0.125,0.15,0.175,0.2,0.25,0.3,0.5,0.75,1,1.5,2,3,5"
 
 
-def sweep(run: Path, target: dict, split: str, ratios: list[float], model: str = "tiny_clip") -> pd.DataFrame:
+def run_paths(run: Path, target_id: str, split: str, model: str = "tiny_clip") -> dict:
+    """The files of a work directory that the sweep reads."""
     res = run / "results"
-    bundle = load_clip(res / "models" / model)
     ev = res / "data/eval"
-    sets = {s: {"tar": ev / s / f"{split}.tar", "classes": ev / s / "classes.json"} for s in ("identities", "objects", "styles")}
-    suite = EvalSuite.load(sets, target, bundle.preprocess)
-    grads, _ = load_gradients(res / f"grads/{model}/{target['id']}/forget.safetensors")
-    table = read_parquet(res / f"layers/{model}/{target['id']}.parquet")
+    return {
+        "model": res / "models" / model,
+        "sets": {s: {"tar": ev / s / f"{split}.tar", "classes": ev / s / "classes.json"} for s in ("identities", "objects", "styles")},
+        "grads": res / f"grads/{model}/{target_id}/forget.safetensors",
+        "layers": res / f"layers/{model}/{target_id}.parquet",
+    }
+
+
+def sweep(paths: dict, target: dict, ratios: list[float]) -> pd.DataFrame:
+    bundle = load_clip(paths["model"])
+    suite = EvalSuite.load(paths["sets"], target, bundle.preprocess)
+    grads, _ = load_gradients(paths["grads"])
+    table = read_parquet(paths["layers"])
     fixed = {"feats": suite.image_features(bundle.model), "classifiers": suite.classifiers(bundle.model, bundle.tokenizer)}
     base = suite.score(fixed["feats"], fixed["classifiers"])
     utility = [k for k in ("identity_acc1", "test_acc1", "style_acc1") if k in base]
@@ -89,7 +98,7 @@ def main(argv=None) -> None:
         sys.exit(f"{a.config}: no target {a.target!r}; known: {sorted(targets)}")
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    df = sweep(a.run, targets[a.target], a.split, [float(x) for x in a.ratios.split(",")])
+    df = sweep(run_paths(a.run, a.target, a.split), targets[a.target], [float(x) for x in a.ratios.split(",")])
     base = df.attrs["base"]
     print(f"{a.target} ({a.split}): {df['layer'].nunique()} layers x {df['ratio'].nunique()} steps in "
           f"{time.perf_counter() - t0:.0f} s; unedited: " + ", ".join(f"{k} {base[k]:.2f}" for k in

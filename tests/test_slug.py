@@ -23,15 +23,14 @@ from unlearnflow.io import UnlearnflowError
 from unlearnflow.layers import analysis_stage
 from unlearnflow.methods import get_method, unlearn_stage
 from unlearnflow.methods.slug import (
-    AUTO_FA5_MIN_CLASSES,
     CachedVisionEncoder,
     ProbeEvaluator,
     SearchState,
     choose,
     edited,
-    resolve_forget_metric,
     run_slug,
     search_layer,
+    stop_rules,
 )
 from unlearnflow.metrics.clip_eval import EvalSuite, eval_sets_from
 from unlearnflow.models.clip import export_open_clip, load_clip, save_clip, tiny_config
@@ -198,7 +197,7 @@ def test_style_target_scores_by_hand(model_dir, eval_dir):
 
     bundle = load_clip(model_dir)
     suite = EvalSuite.load(eval_sets_from(eval_dir, "test"), STYLE, bundle.preprocess)
-    assert suite.style_names == ["Vellum", "Neonwave", "Inkwash"] and suite.vocabulary_size == 3
+    assert suite.style_names == ["Vellum", "Neonwave", "Inkwash"]
     rec = suite.evaluate(bundle.model, bundle.tokenizer)
     feats = encode_images(bundle.model, suite.styles.images)
     clf = text_classifier(bundle.model, bundle.tokenizer, suite.style_names, STYLE_TEMPLATES)
@@ -230,30 +229,68 @@ def test_style_target_needs_the_styles_set(model_dir, eval_dir):
         EvalSuite.load(eval_sets_from(eval_dir, "val"), {"name": "Pointillism", "kind": "style"}, bundle.preprocess)
 
 
-def test_auto_forget_metric_follows_the_vocabulary_size():
-    """auto: the reference's FA@5 among >= 100 names (top 5 = 5 %), FA@1 among fewer."""
-    assert AUTO_FA5_MIN_CLASSES == 100
-    assert resolve_forget_metric("auto", 10) == "fa1" and resolve_forget_metric("auto", 99) == "fa1"
-    assert resolve_forget_metric("auto", 100) == "fa5" and resolve_forget_metric("auto", 1000) == "fa5"
-    assert resolve_forget_metric("fa5", 10) == "fa5" and resolve_forget_metric("fa1", 1000) == "fa1"
+def _fake_front(fa5_until_budget: bool):
+    """Two layers whose forget accuracy falls with lambda; FA@5 reaches 0 only
+    past the utility budget unless ``fa5_until_budget``."""
+
+    def probe_of(layer):
+        theta0 = torch.zeros(100)
+        theta0[1] = 100.0
+
+        def evaluate(tensor):
+            lam = float(tensor.flatten()[0])
+            return {
+                "fa1": 0.0 if lam >= 2.0 else 60.0,
+                "fa5": 0.0 if lam >= (3.0 if fa5_until_budget else 6.0) else 100.0,
+                "identity_acc1": 90.0 if lam <= 4.0 else 40.0,
+                "test_acc1": 90.0,
+            }
+
+        return evaluate, theta0
+
+    grads = {"a": torch.ones(100), "b": torch.ones(100)}
+    base = {"fa1": 100.0, "fa5": 100.0, "identity_acc1": 90.0, "test_acc1": 90.0}
+    return probe_of, grads, base
+
+
+@pytest.mark.parametrize("fa5_reachable", [True, False])
+def test_auto_stop_rule_is_fa5_then_fa1(fa5_reachable):
+    """auto: the reference's FA@5 rule; only where no layer meets it within
+    budget does the search run again on FA@1, and the choice says so."""
+    from unlearnflow.methods.slug import DEFAULTS, search_front
+
+    probe_of, grads, base = _fake_front(fa5_reachable)
+    p = {**DEFAULTS, "utility_budget": {"identity_acc1": 5.0}, "forget_metric": "auto"}
+    out = search_front(["a", "b"], probe_of, grads, base, p)
+    used = "fa5" if fa5_reachable else "fa1"
+    assert out["p_used"]["forget_metric"] == used
+    assert out["choice"]["status"] == "forgets within budget"
+    assert set(pd.DataFrame(out["rows"])["forget_metric"]) == ({"fa5"} if fa5_reachable else {"fa5", "fa1"})
+    assert len(out["outcomes"]) == (2 if fa5_reachable else 4)
+    assert ("no layer met fa5 within budget" in out["choice"]["why"]) != fa5_reachable
+    lam = out["choice"]["lam"]
+    assert (3.0 <= lam <= 4.0) if fa5_reachable else (2.0 <= lam <= 2.2)
+    # an explicit rule is the only one tried, whether it is met or not
+    out = search_front(["a", "b"], probe_of, grads, base, {**p, "forget_metric": "fa5"})
+    assert out["p_used"]["forget_metric"] == "fa5" and {o["forget_metric"] for o in out["outcomes"]} == {"fa5"}
+    assert out["choice"]["status"] == ("forgets within budget" if fa5_reachable else "forgets over budget")
+    assert stop_rules("auto") == ("fa5", "fa1") and stop_rules("fa1") == ("fa1",)
     with pytest.raises(UnlearnflowError, match="'fa3' is not one of auto, fa1, fa5"):
-        resolve_forget_metric("fa3", 10)
+        stop_rules("fa3")
 
 
-def test_run_slug_stops_on_the_resolved_metric(model_dir, eval_dir):
-    """run_slug resolves auto once, records what it used, and stops on it."""
+def test_run_slug_records_the_rule_that_decided(model_dir, eval_dir):
     bundle = load_clip(model_dir)
     suite = EvalSuite.load(eval_sets_from(eval_dir, "val"), TARGET, bundle.preprocess)
     name = "transformer.resblocks.1.attn.out_proj.weight"
     theta = dict(bundle.model.named_parameters())[name]
     grads = {name: torch.randn_like(theta)}
     table = pd.DataFrame({"name": [name], "tower": ["text"], "pareto": [True], "front_rank": [0]})
-    for asked, used in (("auto", "fa1"), ("fa5", "fa5")):
-        out = run_slug(bundle, suite, grads, table, {"forget_metric": asked, "max_probes": 3})
-        assert out["params"]["forget_metric"] == used and out["params"]["forget_metric_asked"] == asked
-        assert out["params"]["vocabulary_size"] == 6
-        for _, r in out["trace"].iterrows():
-            assert r["forgets"] == (r[used] <= 0.0)
+    out = run_slug(bundle, suite, grads, table, {"forget_metric": "auto", "max_probes": 3})
+    assert out["params"]["forget_metric_asked"] == "auto" and out["params"]["forget_metric"] in ("fa5", "fa1")
+    used = out["params"]["forget_metric"]
+    rows = out["trace"][out["trace"]["forget_metric"] == used]
+    assert len(rows) > 0 and (rows["forgets"] == (rows[used] <= 0.0)).all()
 
 
 def _fake_search(forget_from, budget_until, max_probes=10, tol=0.05):
@@ -376,12 +413,34 @@ def test_real_path_export_gradients_layers_and_slug(tmp_path, small_shards, eval
     (layer,) = delta
     assert info["layer"] == layer and info["why"]
     trace = pd.read_parquet(out["trace"])
-    assert set(trace["layer"]) == set(info["layers_searched"]) and len(trace) <= 3 * len(info["layers_searched"])
+    assert set(trace["layer"]) == set(info["layers_searched"])
+    assert len(trace) <= 3 * len(info["layers_searched"]) * trace["forget_metric"].nunique()  # auto: up to 2 rules
     # base + delta reproduces the edit bit for bit
     fg, _ = load_gradients(grads["forget"])
     theta0 = load_file(model / "open_clip_model.safetensors")[layer]
     expected = edited(theta0, fg[layer], info["lambda"])
     assert torch.equal(delta[layer], expected)
+    # scripts/slug_oracle.py: every candidate x step, each row what the edited
+    # model scores (checked on one row by editing the model for real)
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("slug_oracle", Path(__file__).parents[1] / "scripts/slug_oracle.py")
+    oracle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(oracle)
+    paths = {"model": model, "sets": eval_sets_from(eval_dir, "val"), "grads": grads["forget"], "layers": layers["table"]}
+    sweep = oracle.sweep(paths, TARGET, [0.0, 0.3])
+    assert len(sweep) == 2 * int(table["candidate"].sum())
+    assert (sweep[sweep["ratio"] == 0.0][["d_identity_acc1", "d_test_acc1"]] == 0).all().all()
+    row = sweep[sweep["ratio"] == 0.3].iloc[0]
+    bundle = load_clip(model)
+    theta = dict(bundle.model.named_parameters())[row["layer"]]
+    with torch.no_grad():
+        theta.copy_(edited(theta.detach().clone(), fg[row["layer"]], 0.3 * float(theta.norm()) / float(fg[row["layer"]].norm())))
+    m = EvalSuite.load(paths["sets"], TARGET, bundle.preprocess).evaluate(bundle.model, bundle.tokenizer)
+    assert (row["fa1"], row["fa5"]) == (pytest.approx(m["fa1"]), pytest.approx(m["fa5"]))
+    assert row["d_test_acc1"] == pytest.approx(sweep.attrs["base"]["test_acc1"] - m["test_acc1"])
+    assert len(oracle.best(sweep, 100.0, 100.0)) > 0
     edited_model = load_clip(model, delta=out["delta"]).model.state_dict()
     base_model = load_clip(model).model.state_dict()
     for name in base_model:

@@ -297,8 +297,8 @@ def test_clip_dag_end_to_end_all_methods(repo_workflow):
 def test_clip_branch_unlearns_a_style_target(workflow):
     """A style as a CLIP target: forget set by the style's name, forget
     accuracy over the style names on the styles set, style_acc1 in the
-    records and the table, and SLUG's auto stop rule resolved to FA@1 among
-    3 style names (recorded in its info)."""
+    records and the table, and SLUG's auto stop rule falling back to FA@1
+    (recorded in its info)."""
     import pandas as pd
 
     cfg = small_config(
@@ -320,8 +320,10 @@ def test_clip_branch_unlearns_a_style_target(workflow):
     summary = json.loads((res / "data/inkwash/summary.json").read_text())
     assert summary["forget"] > 0 and all("inkwash" in c.lower() for c in summary["forget_examples"])
     info = json.loads((res / "unlearn/tiny_clip/inkwash/slug/info.json").read_text())
+    # auto: FA@5 first; among 3 style names the top 5 always hold the target,
+    # so no layer meets it and the search stops on FA@1
     assert info["params"]["forget_metric_asked"] == "auto" and info["params"]["forget_metric"] == "fa1"
-    assert info["params"]["vocabulary_size"] == 3
+    assert "no layer met fa5 within budget" in info["why"]
     base = json.loads((res / "eval/tiny_clip/inkwash/base.json").read_text())
     assert base["n_forget_images"] == 5 and base["style_acc1"] >= 0  # 5 objects x 1 test picture in Inkwash
 

@@ -85,6 +85,10 @@ def search_trace_plot(trace_df: pd.DataFrame, info: dict, path, title: str | Non
     from .layers import short_name
 
     df = trace_df.copy()
+    p = info.get("params", {}) or {}
+    used = p.get("forget_metric")
+    if used and "forget_metric" in df.columns:  # SLUG's auto rule: the rule that decided
+        df = df[df["forget_metric"] == used]
     has_layers = "layer" in df.columns
     method = str(info.get("method", "slug"))
     if has_layers:
@@ -95,10 +99,13 @@ def search_trace_plot(trace_df: pd.DataFrame, info: dict, path, title: str | Non
         df["layer"] = method
     if not layers:
         layers = [method]
-    outcomes = {o.get("layer"): o for o in info.get("outcomes", []) if isinstance(o, dict)}
+    outcomes = {
+        o.get("layer"): o
+        for o in info.get("outcomes", [])
+        if isinstance(o, dict) and o.get("forget_metric", used) == used
+    }
     chosen_layer = info.get("layer", method if not has_layers else None)
     chosen_lam = info.get("lambda")
-    p = info.get("params", {}) or {}
     base = info.get("base_val_metrics", {}) or {}
     budget = p.get("utility_budget", {}) or {}
 
@@ -161,7 +168,8 @@ def search_trace_plot(trace_df: pd.DataFrame, info: dict, path, title: str | Non
         target = info.get("target", {})
         target = target.get("id") or target.get("name") if isinstance(target, dict) else target
         lam = f"{float(chosen_lam):.4g}" if chosen_lam is not None else "?"
-        title = f"{method} step-size search on {target}: {len(df)} probes; chosen {chosen_layer} at λ = {lam}"
+        rule = f", stop rule {used}" if used else ""
+        title = f"{method} step-size search on {target}{rule}: {len(df)} probes; chosen {chosen_layer} at λ = {lam}"
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.09 if nrows == 1 else 0.06, 1, 0.95))
     with atomic_path(path, suffix=".png") as tmp:

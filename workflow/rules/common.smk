@@ -326,7 +326,7 @@ def slug_stop_rule():
     p = config["methods"]["slug"]
     metric = p["forget_metric"].upper()
     if metric == "AUTO":
-        metric = "FA@5 (targets among >= 100 class names) or FA@1 (fewer)"
+        metric = "FA5 (the reference), or at FA1 where no layer meets FA5 within budget,"
     return (
         f"SLUG stops at {metric} <= {p['forget_target']:g} % "
         "on the validation split within its utility budget."

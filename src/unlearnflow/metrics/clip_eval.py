@@ -96,11 +96,6 @@ class EvalSuite:
             sets["styles"] = self.styles
         return sets
 
-    @property
-    def vocabulary_size(self) -> int:
-        """How many class names the target competes with (itself included)."""
-        return len(self.names_of(self.target_kind))
-
     # -- the two things an edit can change
     def image_features(self, model, device="cpu", encode=None) -> dict:
         encode = encode or (lambda imgs: encode_images(model, imgs, device=device))
