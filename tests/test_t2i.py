@@ -484,3 +484,42 @@ def test_slug_clip_criterion_edits_one_text_layer_by_lambda_times_the_gradient(c
     assert torch.equal(res.tensors[name], edited(params[name].detach(), grads[name], res.info["lambda"]))
     with pytest.raises(UnlearnflowError, match="criterion 'pixels'"):
         run(ctx, {"criterion": "pixels"})
+
+
+def test_slug_generate_search_keeps_theta0_when_the_base_already_forgets(clip_dir, t2i_dir, tmp_path, monkeypatch):
+    """If the base model already meets ua_target on the search prompts, the
+    search has nothing to find: SLUG says so and stores theta(0) (an exact
+    no-op), instead of a bisection shrunk toward a step of ~0."""
+    import pandas as pd
+
+    from unlearnflow.gradients import FORMAT
+    from unlearnflow.io import save_tensors, write_parquet
+    from unlearnflow.methods import t2i_slug
+    from unlearnflow.methods.t2i import T2IContext
+    from unlearnflow.models.clip import load_clip
+
+    name = "transformer.resblocks.2.mlp.c_fc.weight"
+    params = dict(load_clip(clip_dir).model.named_parameters())
+    save_tensors(tmp_path / "g.safetensors", {name: torch.ones_like(params[name])}, {"format": FORMAT, "set": "forget"})
+    write_parquet(tmp_path / "layers.parquet", pd.DataFrame({"name": [name], "tower": ["text"], "pareto": [True], "front_rank": [0]}))
+    calls = []
+
+    class Probe:  # the base scores UA 80 on the search prompts; an edit would score 100
+        def __init__(self, *a, **k):
+            pass
+
+        def __call__(self, layer=None, tensor=None):
+            calls.append(layer)
+            return {"ua": 80.0 if layer is None else 100.0, "ira": 50.0, "clip_score": 60.0}
+
+    monkeypatch.setattr(t2i_slug, "GeneratedProbe", Probe)
+    ctx = T2IContext(
+        bundle=D.load_t2i(t2i_dir), target={"id": "m", "name": "Mira Castell", "kind": "identity"},
+        concepts={}, sampling={"guidance": 3.0}, clip_dir=clip_dir, grad_forget=tmp_path / "g.safetensors",
+        layers=tmp_path / "layers.parquet", val_sets={},
+    )  # fmt: skip
+    res = t2i_slug.run(ctx, {"ua_target": 75.0})
+    assert res.info["status"] == "base already forgets" and res.info["lambda"] == 0.0 and calls == [None]
+    assert torch.equal(res.tensors[name], params[name].detach())
+    res = t2i_slug.run(ctx, {"ua_target": 90.0, "max_probes": 3})  # a target above the base: a real search
+    assert res.info["status"] == "forgets within budget" and res.info["lambda"] > 0 and len(calls) > 2

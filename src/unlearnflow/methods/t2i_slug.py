@@ -179,6 +179,22 @@ def run(ctx, params: dict):
         net = im.clip_feature_net(clip_bundle.model, clip_bundle.tokenizer, "search", clip_bundle.device)
         probe = GeneratedProbe(ctx, clip_bundle, net, p)
         base = probe()
+        if base["ua"] >= p["ua_target"]:
+            # nothing to search: the smallest forgetting step would shrink to 0,
+            # so say so and store theta(0) itself (an exact no-op) instead
+            log.warning(
+                "SLUG (t2i): the base model already reaches UA %.1f >= ua_target %.1f on the search prompts "
+                "(seeds %s): no edit; more search_seeds or a higher ua_target give the search a signal",
+                base["ua"], p["ua_target"], list(p["search_seeds"]),
+            )
+            layer = layers[0]
+            info = {"criterion": "generate", "layer": layer, "lambda": 0.0, "status": "base already forgets",
+                    "search_metrics": base, "base_search_metrics": base, "outcomes": [],
+                    "why": f"the base model's UA on the search prompts ({base['ua']:.1f}) already meets "
+                           f"ua_target ({p['ua_target']:g}): nothing to search, theta(0) kept"}
+            info.update(naming="open_clip", layers_searched=[], search_seconds=time.perf_counter() - t0,
+                        params=dict(p), probes=0)
+            return MethodResult(tensors={layer: theta[layer].detach().cpu().contiguous()}, trace=pd.DataFrame(), info=info)
         rows, outcomes = [], []
         for layer in layers:
             r, o = search_generated(probe, layer, theta[layer].detach(), grads[layer], base, p)
