@@ -204,6 +204,14 @@ def forgets(metrics: dict, p: dict) -> bool:
     return metrics[p["forget_metric"]] <= p["forget_target"]
 
 
+UTILITY = ("identity_acc1", "test_acc1", "style_acc1")  # style_acc1: style targets only
+
+
+def utility(m: dict) -> float:
+    """What the choice keeps highest: the sum of the utilities measured."""
+    return sum(m[k] for k in UTILITY if k in m)
+
+
 def within_budget(base: dict, metrics: dict, budget: dict) -> bool:
     # style_acc1 is measured for style targets only
     return all(base[k] - metrics[k] <= float(v) for k, v in budget.items() if k in base)
@@ -244,7 +252,7 @@ def search_layer(evaluate, theta0, grad, base: dict, p: dict, layer: str) -> tup
     else:
         forgetting = [r for r in rows if r["forgets"]]
         pool = forgetting or rows
-        key = (lambda r: -(r["identity_acc1"] + r["test_acc1"])) if forgetting else (lambda r: r[p["forget_metric"]])
+        key = (lambda r: -utility(r)) if forgetting else (lambda r: r[p["forget_metric"]])
         r = min(pool, key=key)
         outcome = {
             "status": "forgets over budget" if forgetting else "does not forget",
@@ -266,14 +274,15 @@ def choose(outcomes: list[dict], p: dict) -> dict:
 
     def key(o):
         m = o["metrics"]
-        return (RANK[o["status"]], m[p["forget_metric"]], -(m["identity_acc1"] + m["test_acc1"]))
+        return (RANK[o["status"]], m[p["forget_metric"]], -utility(m))
 
     best = min(usable, key=key)
+    m_best = best["metrics"]
     others = [o["layer"] for o in usable if o is not best and o["status"] == best["status"]]
     best = dict(best)
     best["why"] = (
         f"{best['status']}; among {len(usable)} searched front layers it has the lowest "
-        f"{p['forget_metric']} then the highest identity_acc1 + test_acc1"
+        f"{p['forget_metric']} then the highest {' + '.join(k for k in UTILITY if k in m_best)}"
         + (f" (beating {', '.join(others)})" if others else "")
     )
     return best
