@@ -14,6 +14,11 @@ that forgets (forget metric <= target) while utility holds (each utility
 drop <= its budget). At most ``max_probes`` evaluations per layer; every
 probe starts again from theta(0).
 
+The forget metric of that rule is FA@5 (the reference's), FA@1, or ``auto``:
+FA@5 first and, where no front layer meets it within the utility budget, the
+same search again on FA@1 (among 10 object names FA@5 = 0 means the bottom
+half on every image, issue 18); the choice says which rule decided.
+
 A probe recomputes only what the edit can change: a text-tower edit reuses
 the image features; a vision-tower edit reuses the activations entering the
 edited residual block (or the pooled tokens for ln_post / proj) and the
