@@ -326,7 +326,9 @@ def slug_stop_rule():
     p = config["methods"]["slug"]
     metric = p["forget_metric"].upper()
     if metric == "AUTO":
-        metric = "FA5 (the reference), or at FA1 where no layer meets FA5 within budget,"
+        metric = (
+            "FA5 (the reference), or at FA1 where no layer meets FA5 within budget,"
+        )
     return (
         f"SLUG stops at {metric} <= {p['forget_target']:g} % "
         "on the validation split within its utility budget."
