@@ -229,7 +229,7 @@ def test_a_corrupt_gradient_through_the_cli_names_the_file_and_exits_1(good_file
         ),
         (
             {"methods": {"slug": {"forget_metric": "fa3"}}},
-            ["'fa3' is not one of ['fa1', 'fa5']", "['methods']['slug']['forget_metric']"],
+            ["'fa3' is not one of ['auto', 'fa1', 'fa5']", "['methods']['slug']['forget_metric']"],
         ),
         (
             {"run_methods": ["slug", "sulg"]},
