@@ -324,13 +324,15 @@ def slug_stop_rule():
     if "slug" not in METHODS:
         return ""
     p = config["methods"]["slug"]
-    metric = p["forget_metric"].upper()
-    if metric == "AUTO":
-        metric = (
-            "FA5 (the reference), or at FA1 where no layer meets FA5 within budget,"
+    target = f"{p['forget_target']:g} %"
+    if p["forget_metric"] == "auto":
+        return (
+            f"SLUG stops at FA5 <= {target} on the validation split within its utility "
+            f"budget (the reference), or at FA1 <= {target} where no front layer meets "
+            "FA5 within budget (its info.json says which)."
         )
     return (
-        f"SLUG stops at {metric} <= {p['forget_target']:g} % "
+        f"SLUG stops at {p['forget_metric'].upper()} <= {target} "
         "on the validation split within its utility budget."
     )
 
