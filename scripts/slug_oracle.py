@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from unlearnflow.gradients import load_gradients  # noqa: E402
 from unlearnflow.io import read_parquet  # noqa: E402
 from unlearnflow.methods.slug import ProbeEvaluator, edited  # noqa: E402
-from unlearnflow.metrics.clip_eval import EvalSuite  # noqa: E402
+from unlearnflow.metrics.clip_eval import UTILITY, EvalSuite  # noqa: E402
 from unlearnflow.models.clip import load_clip  # noqa: E402
 from unlearnflow.targets import merge_targets  # noqa: E402
 
@@ -57,7 +57,7 @@ def sweep(paths: dict, target: dict, ratios: list[float]) -> pd.DataFrame:
     table = read_parquet(paths["layers"])
     fixed = {"feats": suite.image_features(bundle.model), "classifiers": suite.classifiers(bundle.model, bundle.tokenizer)}
     base = suite.score(fixed["feats"], fixed["classifiers"])
-    utility = [k for k in ("identity_acc1", "test_acc1", "style_acc1") if k in base]
+    utility = [k for k in UTILITY if k in base]
     rows = []
     for _, r in table[table["candidate"]].iterrows():
         evaluate = ProbeEvaluator(bundle, suite, r["name"], fixed)

@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 
 from ..io import UnlearnflowError
-from ..metrics.clip_eval import EvalSuite
+from ..metrics.clip_eval import SEARCH_METRICS, UTILITY, EvalSuite, within_budget
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,6 @@ DEFAULTS = {
 # 0 asks that the target rank in the bottom half on every image, which no
 # method reaches within utility on the default's object target (issue 18).
 AUTO_RULES = ("fa5", "fa1")
-
-TRACED = ("fa1", "fa5", "identity_acc1", "test_acc1", "style_acc1")
 
 _BLOCK = re.compile(r"^visual\.transformer\.resblocks\.(\d+)\.")
 
@@ -209,17 +207,9 @@ def forgets(metrics: dict, p: dict) -> bool:
     return metrics[p["forget_metric"]] <= p["forget_target"]
 
 
-UTILITY = ("identity_acc1", "test_acc1", "style_acc1")  # style_acc1: style targets only
-
-
 def utility(m: dict) -> float:
     """What the choice keeps highest: the sum of the utilities measured."""
     return sum(m[k] for k in UTILITY if k in m)
-
-
-def within_budget(base: dict, metrics: dict, budget: dict) -> bool:
-    # style_acc1 is measured for style targets only
-    return all(base[k] - metrics[k] <= float(v) for k, v in budget.items() if k in base)
 
 
 def search_layer(evaluate, theta0, grad, base: dict, p: dict, layer: str) -> tuple[list[dict], dict]:
@@ -243,7 +233,7 @@ def search_layer(evaluate, theta0, grad, base: dict, p: dict, layer: str) -> tup
                 "forgets": f,
                 "within_budget": ok,
                 "seconds": time.perf_counter() - t0,
-                **{k: m[k] for k in TRACED if k in m},
+                **{k: m[k] for k in SEARCH_METRICS if k in m},
             }
         )
         if f and ok and (state.best is None or state.lam < state.best[0]):
@@ -262,7 +252,7 @@ def search_layer(evaluate, theta0, grad, base: dict, p: dict, layer: str) -> tup
         outcome = {
             "status": "forgets over budget" if forgetting else "does not forget",
             "lam": r["lam"],
-            "metrics": {k: r[k] for k in TRACED if k in r},
+            "metrics": {k: r[k] for k in SEARCH_METRICS if k in r},
         }
     outcome.update(layer=layer, probes=len(rows))
     return rows, outcome

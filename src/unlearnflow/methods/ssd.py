@@ -52,6 +52,7 @@ import torch
 
 from ..gradients import iter_batches, set_loss
 from ..io import UnlearnflowError
+from ..metrics.clip_eval import SEARCH_METRICS, within_budget
 from ..models.clip import normalise
 from .finetune import FROZEN, changed_tensors, merge_params, snapshot
 
@@ -153,11 +154,6 @@ def _forgets(m: dict, p: dict) -> bool:
     return m[p["forget_metric"]] <= p["forget_target"]
 
 
-def _within(base: dict, m: dict, budget: dict) -> bool:
-    # style_acc1 is measured for style targets only
-    return all(base[k] - m[k] <= float(v) for k, v in budget.items() if k in base)
-
-
 def choose(rows: list[dict], p: dict) -> dict:
     """The gentlest probe that forgets within budget, else the best compromise.
 
@@ -250,9 +246,9 @@ def run_ssd(bundle, imp_f: dict, imp_d: dict, params: dict, suite=None) -> dict:
                 "lam": lam,
                 "dampened_elements": shrunk,
                 "forgets": _forgets(m, p),
-                "within_budget": _within(base, m, p["utility_budget"]),
+                "within_budget": within_budget(base, m, p["utility_budget"]),
                 "seconds": time.perf_counter() - t0,
-                **{k: m[k] for k in ("fa1", "fa5", "identity_acc1", "test_acc1", "style_acc1") if k in m},
+                **{k: m[k] for k in SEARCH_METRICS if k in m},
             }
         )
         log.info("ssd lambda %.4g: %s", lam, {k: rows[-1][k] for k in ("fa1", "identity_acc1", "test_acc1")})

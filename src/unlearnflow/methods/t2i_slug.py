@@ -141,6 +141,26 @@ def search_generated(probe: GeneratedProbe, layer: str, theta0, grad, base: dict
 RANK = {"forgets within budget": 0, "forgets over budget": 1, "does not forget": 2}
 
 
+def search_generated_front(probe: GeneratedProbe, layers: list[str], theta: dict, grads: dict, base: dict, p: dict):
+    """Search every layer on generated images; the best (layer, edit), its
+    info and the trace: highest status, then UA, then CLIP score."""
+    rows, outcomes = [], []
+    for layer in layers:
+        r, o = search_generated(probe, layer, theta[layer].detach(), grads[layer], base, p)
+        rows += r
+        outcomes.append(o)
+        log.info("layer %s: %s", layer, o["status"])
+    usable = [o for o in outcomes if "metrics" in o]
+    if not usable:
+        raise UnlearnflowError("SLUG (t2i): every candidate layer has a zero gradient")
+    best = min(usable, key=lambda o: (RANK[o["status"]], -o["metrics"]["ua"], -o["metrics"]["clip_score"]))
+    layer = best["layer"]
+    info = {"criterion": "generate", "layer": layer, "lambda": best["lam"], "status": best["status"],
+            "search_metrics": best["metrics"], "base_search_metrics": base, "outcomes": outcomes,
+            "why": f"{best['status']}; highest UA then CLIP score among {len(usable)} text front layers"}
+    return layer, edited(theta[layer].detach(), grads[layer], best["lam"]), info, pd.DataFrame(rows)
+
+
 def run(ctx, params: dict):
     from ..gradients import load_gradients
     from ..io import read_parquet
@@ -174,7 +194,7 @@ def run(ctx, params: dict):
         (layer, tensor), = out["tensors"].items()
         info = {"criterion": "clip", "layer": layer, "lambda": out["choice"]["lam"], "status": out["choice"]["status"],
                 "why": out["choice"]["why"], "val_metrics": out["choice"]["metrics"]}
-        trace = out["trace"]
+        trace, searched = out["trace"], layers
     else:
         net = im.clip_feature_net(clip_bundle.model, clip_bundle.tokenizer, "search", clip_bundle.device)
         probe = GeneratedProbe(ctx, clip_bundle, net, p)
@@ -187,30 +207,15 @@ def run(ctx, params: dict):
                 "(seeds %s): no edit; more search_seeds or a higher ua_target give the search a signal",
                 base["ua"], p["ua_target"], list(p["search_seeds"]),
             )
-            layer = layers[0]
+            layer, searched, trace = layers[0], [], pd.DataFrame()
+            tensor = theta[layer].detach()
             info = {"criterion": "generate", "layer": layer, "lambda": 0.0, "status": "base already forgets",
                     "search_metrics": base, "base_search_metrics": base, "outcomes": [],
                     "why": f"the base model's UA on the search prompts ({base['ua']:.1f}) already meets "
                            f"ua_target ({p['ua_target']:g}): nothing to search, theta(0) kept"}
-            info.update(naming="open_clip", layers_searched=[], search_seconds=time.perf_counter() - t0,
-                        params=dict(p), probes=0)
-            return MethodResult(tensors={layer: theta[layer].detach().cpu().contiguous()}, trace=pd.DataFrame(), info=info)
-        rows, outcomes = [], []
-        for layer in layers:
-            r, o = search_generated(probe, layer, theta[layer].detach(), grads[layer], base, p)
-            rows += r
-            outcomes.append(o)
-            log.info("layer %s: %s", layer, o["status"])
-        usable = [o for o in outcomes if "metrics" in o]
-        if not usable:
-            raise UnlearnflowError("SLUG (t2i): every candidate layer has a zero gradient")
-        best = min(usable, key=lambda o: (RANK[o["status"]], -o["metrics"]["ua"], -o["metrics"]["clip_score"]))
-        layer = best["layer"]
-        tensor = edited(theta[layer].detach(), grads[layer], best["lam"])
-        info = {"criterion": "generate", "layer": layer, "lambda": best["lam"], "status": best["status"],
-                "search_metrics": best["metrics"], "base_search_metrics": base, "outcomes": outcomes,
-                "why": f"{best['status']}; highest UA then CLIP score among {len(usable)} text front layers"}
-        trace = pd.DataFrame(rows)
-    info.update(naming="open_clip", layers_searched=layers, search_seconds=time.perf_counter() - t0,
+        else:
+            layer, tensor, info, trace = search_generated_front(probe, layers, theta, grads, base, p)
+            searched = layers
+    info.update(naming="open_clip", layers_searched=searched, search_seconds=time.perf_counter() - t0,
                 params={k: v for k, v in p.items()}, probes=int(len(trace)))
     return MethodResult(tensors={layer: tensor.detach().cpu().contiguous()}, trace=trace, info=info)

@@ -39,8 +39,17 @@ from .zeroshot import (
 )
 
 METRICS = ("fa1", "fa5", "identity_acc1", "identity_acc5", "test_acc1", "test_acc5")
-STYLE_METRICS = ("style_acc1", "style_acc5")  # style targets only
 KINDS = ("identity", "object", "style")
+# what a search keeps of a probe's record, and the utilities among them
+# (style_acc1: style targets only)
+UTILITY = ("identity_acc1", "test_acc1", "style_acc1")
+SEARCH_METRICS = ("fa1", "fa5", *UTILITY)
+
+
+def within_budget(base: dict, metrics: dict, budget: dict) -> bool:
+    """Every budgeted utility dropped by at most its budget (points); a
+    budget on a metric the target does not measure (style_acc1) is moot."""
+    return all(base[k] - metrics[k] <= float(v) for k, v in budget.items() if k in base)
 
 
 @dataclass
@@ -122,12 +131,12 @@ class EvalSuite:
         )
         exclude = resolve_target(self.object_names, self.target_name) if kind == "object" else None
         objs = object_scores(feats["objects"], self.objects.labels, classifiers["objects"], exclude_label=exclude)
-        src = {"identity": ids, "object": objs}.get(kind)
-        record = {}
         if kind == "style":
             style = resolve_target(self.style_names, self.target_name)
             src = object_scores(feats["styles"], self.styles.labels, classifiers["styles"], exclude_label=style)
             record = {"style_acc1": src["test_acc1"], "style_acc5": src["test_acc5"]}
+        else:
+            src, record = (ids if kind == "identity" else objs), {}
         return {
             "fa1": src["fa1"],
             "fa5": src["fa5"],
@@ -155,7 +164,7 @@ def eval_sets_from(inp: dict, split: str) -> dict:
 
 
 
-__all__ = ["EvalSuite", "METRICS", "STYLE_METRICS", "eval_sets_from"]
+__all__ = ["EvalSuite", "METRICS", "SEARCH_METRICS", "UTILITY", "eval_sets_from", "within_budget"]
 
 
 def evaluate_stage(inp: dict, out: dict, params: dict) -> None:
