@@ -71,7 +71,10 @@ class Runner:
         self.ctx = ctx
         self.res = ctx.results
         self.data = self.res / "data" / ctx.target
-        ctx.need(ctx.model_dir / "open_clip_model.safetensors", self.data / "forget.tar", self.data / "retain.tar")
+        # the shared retain set where the DAG made one (selection.shared_retain), else the target's own
+        shared = self.res / "data" / "shared" / "retain.tar"
+        self.retain = shared if shared.exists() else self.data / "retain.tar"
+        ctx.need(ctx.model_dir / "open_clip_model.safetensors", self.data / "forget.tar", self.retain)
         self.cfg = load_config()
         self.target = ctx.target_config()
         self.bundle = load_clip(ctx.model_dir)
@@ -94,7 +97,8 @@ class Runner:
         from unlearnflow.gradients import set_gradients
 
         out = self.tmp / f"{which}.safetensors"
-        set_gradients(self.bundle, self.data / f"{which}.tar", out, which=which, loss=self.losses[which], **self.grad_kw)
+        tar = self.retain if which == "retain" else self.data / "forget.tar"
+        set_gradients(self.bundle, tar, out, which=which, loss=self.losses[which], **self.grad_kw)
         return out
 
     def method(self, name: str, **files):
@@ -107,7 +111,7 @@ class Runner:
             bundle=self.bundle,
             target=self.target,
             forget_tar=self.data / "forget.tar",
-            retain_tar=self.data / "retain.tar",
+            retain_tar=self.retain,
             val_sets=_eval_sets(self.res),
             seed=self.seed,
             **files,
@@ -179,7 +183,7 @@ def dag_costs(res: Path, model: str, target: str) -> dict[str, float] | None:
     files = {
         "slug": [
             f"clip_gradients/{model}/{target}/forget",
-            f"clip_gradients/{model}/{target}/retain",
+            f"clip_gradients/{model}/{'shared' if (b / f'clip_gradients/{model}/shared').exists() else target}/retain",
             f"layer_analysis/{model}/{target}",
             f"unlearn_clip/{model}/{target}/slug",
         ],
@@ -283,7 +287,7 @@ def run(ctx: Context) -> list[Result]:
         )
     # the cost model: this run's sizes, then the paper's regime
     cfg = r.cfg
-    n_f, n_r = _count(r.data / "forget.tar"), _count(r.data / "retain.tar")
+    n_f, n_r = _count(r.data / "forget.tar"), _count(r.retain)
     k = int(cfg["methods"].get("ga", {}).get("epochs", 5))
     probes = int(r.last["slug"].info["probes"])
     n_val = sum(_count(p["tar"]) for p in _eval_sets(ctx.results).values())

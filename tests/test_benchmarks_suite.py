@@ -94,3 +94,25 @@ def test_run_names_the_known_benchmarks():
         run.main(["--only", "nope"])
     assert e.value.code == 2
     assert set(run.BENCHMARKS) >= {"gradient_overhead", "clip_search", "slug_cost", "dag_overhead", "end_to_end", "scale_plan", "gpu_gradients"}
+
+
+def test_job_overhead_reads_wall_stage_and_import_seconds(tmp_path):
+    import job_overhead
+
+    res = tmp_path / "results"
+    head = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for job, wall, stage, imports in (("a/x", 10.0, 8.5, 3.0), ("a/y", 4.0, 3.0, 0.5), ("b/t/z", 2.0, 1.0, None)):
+        tsv, log = res / "benchmarks" / f"{job}.tsv", tmp_path / "logs" / f"{job}.log"
+        tsv.parent.mkdir(parents=True, exist_ok=True)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        tsv.write_text(head + f"{wall}\t0:00:10\t1\t1\t1\t1\t0\t0\t90\t{wall}\n")
+        tail = f" (imports {imports:.2f} s)" if imports is not None else ""  # an older log has no import time
+        log.write_text(f"... stage a started\n... INFO unlearnflow: stage a finished in {stage} s{tail}, torch threads 1\n")
+    (res / "benchmarks" / "c").mkdir()
+    (res / "benchmarks" / "c" / "nolog.tsv").write_text(head)  # no log: not a stage job
+    s = job_overhead.summarise(job_overhead.read_jobs(res))
+    assert s["jobs"] == 3 and s["median_overhead"] == 1.0  # 1.5, 1.0, 1.0
+    assert s["timed_imports"] == 2 and s["median_startup"] == (4.5 + 1.5) / 2
+    assert s["by_rule"] == {"a": 1.25, "b": 1.0}
+    (r, r2) = job_overhead.results_for(res)
+    assert r.ratio == 0.5 and r.verdict == "PASS" and r2.verdict == "INFO"

@@ -333,3 +333,48 @@ def test_the_readmes_by_hand_command_runs_on_one_shard_and_stage_help_lists_name
     argv2 = [a if not a.startswith("{") else params for a in argv]
     assert main(argv2) == 1
     assert "stage select_sets needs --params key 'heldout_fraction'" in capfd.readouterr().err
+
+
+def test_shared_retain_set_names_no_target_and_equals_the_own_set_for_one_target(small_shards, tmp_path):
+    """One retain set for every target: no caption naming any of them, no
+    target's picture; with a single target, the very samples of its own
+    retain set (same hash order), so sharing changes nothing then."""
+    from unlearnflow.data.select import select_retain
+
+    mira = {"id": "mira_castell", "name": "Mira Castell"}
+    kite = {"id": "kite", "name": "kite"}
+    own, _ = _select(small_shards, tmp_path, retain=150)
+    one = tmp_path / "one"
+    select_retain(small_shards, {"mira_castell": mira}, 150, 0, one / "retain.tar", one / "s.json")
+    assert (one / "retain.tar").read_bytes() == (own / "retain.tar").read_bytes()
+
+    both = tmp_path / "both"
+    s = select_retain(small_shards, {"mira_castell": mira, "kite": kite}, 150, 0, both / "retain.tar", both / "s.json")
+    retain = list(iter_samples(both / "retain.tar"))
+    assert len(retain) == s["retain"] == 150
+    assert not any(Matcher("Mira Castell")(x.caption) or Matcher("kite")(x.caption) for x in retain)
+    # no picture of a target's sample under another caption either
+    target_pictures = {x.image_bytes for shard in small_shards for x in iter_samples(shard)
+                       if Matcher("Mira Castell")(x.caption) or Matcher("kite")(x.caption)}  # fmt: skip
+    assert not target_pictures & {x.image_bytes for x in retain}
+    assert s["excluded_targets"]["kite"]["captions"] > 0 and s["excluded_targets"]["mira_castell"]["captions"] > 0
+    assert json.loads((both / "s.json").read_text()) == s
+    # the target's own selection then writes no retain set, and says so
+    out = tmp_path / "noretain"
+    summary = select_sets(small_shards, mira, 150, 0, out / "forget.tar", None, out / "summary.json")
+    assert summary["retain"] == "shared" and not (out / "retain.tar").exists()
+    with pytest.raises(UnlearnflowError, match="no target to exclude"):
+        select_retain(small_shards, {}, 10, 0, both / "r.tar", both / "s2.json")
+
+
+def test_shared_retain_set_leaves_out_the_held_out_rows(tmp_path):
+    from unlearnflow.data.heldout import is_heldout
+    from unlearnflow.data.select import select_retain
+
+    rows = [(f"{i:04d}", f"Mira Castell photo {i}" if i % 4 == 0 else f"a view {i}", i) for i in range(300)]
+    part = _shard(tmp_path / "part.tar", rows)
+    out = tmp_path / "o"
+    s = select_retain([part], {"m": {"name": "Mira Castell"}}, 500, 0, out / "r.tar", out / "s.json", heldout_fraction=0.2)
+    keys = {x.key for x in iter_samples(out / "r.tar", exts=())}
+    assert keys and not {k for k, _, _ in rows if is_heldout(k, 0.2, 0)} & keys
+    assert s["retain_short"] and s["dropped"]["heldout_rows"] > 0

@@ -505,10 +505,12 @@ def test_slug_generate_search_keeps_theta0_when_the_base_already_forgets(clip_di
     calls = []
 
     class Probe:  # the base scores UA 80 on the search prompts; an edit would score 100
+        cheap = False
+
         def __init__(self, *a, **k):
             pass
 
-        def __call__(self, layer=None, tensor=None):
+        def __call__(self, layer=None, tensor=None, full=True):
             calls.append(layer)
             return {"ua": 80.0 if layer is None else 100.0, "ira": 50.0, "clip_score": 60.0}
 
@@ -523,3 +525,52 @@ def test_slug_generate_search_keeps_theta0_when_the_base_already_forgets(clip_di
     assert torch.equal(res.tensors[name], params[name].detach())
     res = t2i_slug.run(ctx, {"ua_target": 90.0, "max_probes": 3})  # a target above the base: a real search
     assert res.info["status"] == "forgets within budget" and res.info["lambda"] > 0 and len(calls) > 2
+
+
+def test_slug_generate_search_validates_the_cheap_probes_choice(clip_dir, t2i_dir, tmp_path, monkeypatch):
+    """Cheap probes (fewer seeds and steps) choose a step; the whole search
+    set then validates it, and where the step does not forget there, the
+    search goes on at the whole set: the stored step forgets at the whole
+    set, not only on the cheap probes."""
+    import pandas as pd
+
+    from unlearnflow.gradients import FORMAT
+    from unlearnflow.io import save_tensors, write_parquet
+    from unlearnflow.methods import t2i_slug
+    from unlearnflow.methods.t2i import T2IContext
+    from unlearnflow.models.clip import load_clip
+
+    name = "transformer.resblocks.2.mlp.c_fc.weight"
+    theta0 = dict(load_clip(clip_dir).model.named_parameters())[name].detach()
+    save_tensors(tmp_path / "g.safetensors", {name: torch.ones_like(theta0)}, {"format": FORMAT, "set": "forget"})
+    write_parquet(tmp_path / "layers.parquet", pd.DataFrame({"name": [name], "tower": ["text"], "pareto": [True], "front_rank": [0]}))
+    calls = []
+
+    class Probe:  # forgets from lambda 1 on the cheap probes, from lambda 3 on the whole set
+        cheap = True
+
+        def __init__(self, *a, **k):
+            pass
+
+        def __call__(self, layer=None, tensor=None, full=True):
+            lam = 0.0 if tensor is None else float((tensor.float() - theta0.float()).mean())
+            calls.append((full, lam))
+            return {"ua": 100.0 if lam >= (3.0 if full else 1.0) else 20.0, "ira": 50.0, "clip_score": 60.0}
+
+    monkeypatch.setattr(t2i_slug, "GeneratedProbe", Probe)
+    ctx = T2IContext(
+        bundle=D.load_t2i(t2i_dir), target={"id": "m", "name": "Mira Castell", "kind": "identity"},
+        concepts={}, sampling={"guidance": 3.0}, clip_dir=clip_dir, grad_forget=tmp_path / "g.safetensors",
+        layers=tmp_path / "layers.parquet", val_sets={},
+    )  # fmt: skip
+    res = t2i_slug.run(ctx, {"ua_target": 90.0, "max_probes": 14, "max_refine": 4, "bracket_tol": 0.05})
+    info, trace = res.info, res.trace
+    assert 1.0 <= info["probe_lambda"] < 1.1  # the cheap search's smallest forgetting step
+    assert info["status"] == "forgets within budget" and 3.0 <= info["lambda"] < 4.5
+    assert set(trace["phase"]) == {"probe", "validate"}
+    assert (trace.loc[trace["phase"] == "validate", "lam"].max()) >= 3.0
+    assert sum(1 for full, _ in calls if full) == 1 + info["validation_probes"]  # the base, then validation only
+    assert torch.allclose(res.tensors[name], t2i_slug.edited(theta0, torch.ones_like(theta0), info["lambda"]))
+    # with no refinement left, the validated failure is reported as such
+    res = t2i_slug.run(ctx, {"ua_target": 90.0, "max_probes": 14, "max_refine": 0, "bracket_tol": 0.05})
+    assert res.info["status"] == "does not forget" and res.info["probe_status"] == "forgets within budget"

@@ -28,14 +28,17 @@ def test_data_stages_end_to_end_and_reruns(workflow):
     cfg = small_config()
     workflow.run("data", cfg=cfg)
     res = workflow.workdir / "results/data"
+    # one retain set for both targets (selection.shared_retain, the default)
+    retain = list(iter_samples(res / "shared/retain.tar"))
+    assert len(retain) == json.loads((res / "shared/retain_summary.json").read_text())["retain"] == 100
     for target, name in (("mira_castell", "Mira Castell"), ("kite", "kite")):
         m = Matcher(name)
         forget = list(iter_samples(res / target / "forget.tar"))
-        retain = list(iter_samples(res / target / "retain.tar"))
         summary = json.loads((res / target / "summary.json").read_text())
         assert forget and all(m(s.caption) for s in forget)
         assert not any(m(s.caption) for s in retain)
-        assert summary["forget"] == len(forget) and summary["retain"] == len(retain) == 100
+        assert summary["forget"] == len(forget) and summary["retain"] == "shared"
+        assert not (res / target / "retain.tar").exists()
         assert len(summary["shards"]) == 2
     for evalset in ("identities", "objects", "styles"):
         classes = json.loads((res / "eval" / evalset / "classes.json").read_text())
@@ -47,20 +50,27 @@ def test_data_stages_end_to_end_and_reruns(workflow):
     _, out = workflow.run("data", "-n")
     assert "Nothing to be done" in out
 
-    # a new retain size reruns only the selection, not the shards or eval sets
+    # a new retain size reruns only the shared retain set, not the shards, eval sets or forget sets
     shard_mtime = (res / "laion/00000.tar").stat().st_mtime_ns
     eval_mtime = (res / "eval/objects/val.tar").stat().st_mtime_ns
     cfg2 = copy.deepcopy(cfg)
     cfg2["selection"]["retain_size"] = 60
     _, out = workflow.run("data", "-n", cfg=cfg2)
+    assert job_counts(out) == {"select_retain": 1, "data": 1}
+    workflow.run("data", cfg=cfg2)
+    assert json.loads((res / "shared/retain_summary.json").read_text())["retain"] == 60
+    # per-target retain sets (shared_retain: false): one each, naming only its target
+    own = copy.deepcopy(cfg2)
+    own["selection"]["shared_retain"] = False
+    _, out = workflow.run("data", "-n", cfg=own)
     assert job_counts(out) == {"select_sets": 2, "data": 1}
-    workflow.run("data")
+    workflow.run("data", cfg=own)
     assert json.loads((res / "kite/summary.json").read_text())["retain"] == 60
     assert (res / "laion/00000.tar").stat().st_mtime_ns == shard_mtime
     assert (res / "eval/objects/val.tar").stat().st_mtime_ns == eval_mtime
 
     # a new eval size reruns only that kind of eval set
-    cfg3 = copy.deepcopy(cfg2)
+    cfg3 = copy.deepcopy(own)
     cfg3["data"]["eval"]["objects"]["per_class"]["test"] = 4
     _, out = workflow.run("data", "-n", cfg=cfg3)
     assert job_counts(out) == {"synthetic_eval_set": 1, "data": 1}
@@ -243,7 +253,7 @@ def test_clip_dag_end_to_end_all_methods(repo_workflow):
     assert (res / "layers/tiny_clip/mira_castell.png").stat().st_size > 1000
     # every torch job runs on the rule's threads (config `threads`, default 1),
     # so two jobs share the 2 cores instead of queueing
-    for log in ("unlearn_clip/tiny_clip/mira_castell/slug", "clip_gradients/tiny_clip/mira_castell/retain"):
+    for log in ("unlearn_clip/tiny_clip/mira_castell/slug", "clip_gradients/tiny_clip/shared/retain"):
         assert "torch threads 1" in (workflow.workdir / f"logs/{log}.log").read_text(), log
     # and the thread count is no result: changing it reruns nothing
     _, out = workflow.run("-n", cfg=cfg | {"threads": 2})

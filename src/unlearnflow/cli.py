@@ -34,18 +34,92 @@ def get_stage(name: str) -> Callable[[dict, dict, dict], None]:
     return getattr(importlib.import_module(module), func)
 
 
+class ImportClock:
+    """Wall seconds spent in the outermost ``import`` statements while
+    active (the field libraries a stage loads lazily), so a job's log can
+    tell its start-up from its work: benchmarks/job_overhead.py reads it."""
+
+    def __init__(self):
+        import threading
+
+        self.seconds, self._depth, self._orig = 0.0, threading.local(), None
+
+    def _import(self, *args, **kwargs):
+        depth = getattr(self._depth, "n", 0)
+        if depth:
+            return self._orig(*args, **kwargs)
+        self._depth.n, t0 = 1, time.perf_counter()
+        try:
+            return self._orig(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - t0
+            self._depth.n = 0
+
+    def __enter__(self):
+        import builtins
+
+        self._orig, builtins.__import__ = builtins.__import__, self._import
+        return self
+
+    def __exit__(self, *exc):
+        import builtins
+
+        builtins.__import__ = self._orig
+
+
 def run_stage(name: str, inp: dict, out: dict, params: dict) -> None:
     from . import provenance
 
     stage = get_stage(name)
     t0 = time.time()
     logging.getLogger("unlearnflow").info("stage %s started", name)
-    with provenance.running(name, dict(dict.items(params))):
+    with provenance.running(name, dict(dict.items(params))), ImportClock() as clock:
         stage(inp, out, params)
     # torch's threads as the stage ran them (the rule's `threads`, via stage.py)
     torch = sys.modules.get("torch")
     threads = f", torch threads {torch.get_num_threads()}" if torch is not None else ""
-    logging.getLogger("unlearnflow").info("stage %s finished in %.1f s%s", name, time.time() - t0, threads)
+    logging.getLogger("unlearnflow").info(
+        "stage %s finished in %.1f s (imports %.2f s)%s", name, time.time() - t0, clock.seconds, threads
+    )
+
+
+# Modules that field libraries try-import but a job may not use, kept out of
+# it (sys.modules None makes their import fail, which those libraries
+# handle): timm imports wandb (~0.8 CPU-s) only to offer logging to it
+# (img2dataset needs it to import at all); open_clip imports transformers
+# (~0.5 CPU-s) for Hugging Face text towers, which only the diffusion
+# pipelines' text encoders and an open_clip model with `hf_model_name` use.
+WANDB_RULES = frozenset({"laion_images"})
+TRANSFORMERS_RULES = frozenset(
+    {"export_clip", "pretrain_t2i", "export_t2i", "t2i_salun_masks", "unlearn_t2i", "generate_t2i", "evaluate_t2i"}
+)
+
+
+def _mentions_hf_model(inp: dict, params: dict) -> bool:
+    """Whether the job's params or an open_clip config among its inputs name
+    a Hugging Face text tower (``hf_model_name``)."""
+    if "hf_model_name" in json.dumps(dict(dict.items(params)), default=str):
+        return True
+    paths = [v for vs in dict.values(inp) for v in (vs if isinstance(vs, list) else [vs])]
+    for p in paths:
+        if str(p).endswith("open_clip_config.json") and os.path.exists(p):
+            with open(p) as f:
+                if "hf_model_name" in f.read():
+                    return True
+    return False
+
+
+def keep_out_accidental_imports(rule: str, inp: dict, params: dict) -> list[str]:
+    """Block the modules this job will not use; returns their names."""
+    blocked = []
+    if rule not in WANDB_RULES:
+        blocked.append("wandb")
+    if rule not in TRANSFORMERS_RULES and not _mentions_hf_model(inp, params):
+        blocked.append("transformers")
+    blocked = [m for m in blocked if m not in sys.modules]
+    for m in blocked:
+        sys.modules[m] = None
+    return blocked
 
 
 class Names(dict):
@@ -170,6 +244,7 @@ def run_from_snakemake(smk) -> None:
     try:
         params = _named(smk.params)
         params.setdefault("threads", smk.threads)
+        keep_out_accidental_imports(smk.rule, _named(smk.input), params)
         inp, out, params = Names(_named(smk.input), "input"), Names(_named(smk.output), "output"), Names(params, "params")
         run_stage(smk.rule, inp, out, params)
         problems = contract_problems(smk.rule, inp, out, params, dict(smk.resources.items()))

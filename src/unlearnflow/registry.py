@@ -16,6 +16,7 @@ STAGES: dict[str, str] = {
     "laion_images": "unlearnflow.data.laion:images_stage",
     "ingest_eval_set": "unlearnflow.data.ingest:eval_stage",
     "select_sets": "unlearnflow.data.select:select_stage",
+    "select_retain": "unlearnflow.data.select:retain_stage",
     "pretrain_clip": "unlearnflow.models.clip:pretrain_stage",
     "export_clip": "unlearnflow.models.clip:export_stage",
     "clip_gradients": "unlearnflow.gradients:gradients_stage",

@@ -26,6 +26,23 @@ EVAL_SETS = ["identities", "objects", "styles"]
 SPLITS = ["val", "test"]
 # CPU threads of every torch job (config `threads`; profiles raise it per rule)
 THREADS = config["threads"]
+# one retain set (and so one retain gradient per model) for every target,
+# naming none of them; else one per target (data.smk: select_retain)
+SHARED_RETAIN = config["selection"]["shared_retain"]
+SHARED = "shared"  # the retain set's folder in place of a target id
+
+
+def retain_owner(target):
+    """Whose retain set a target uses: the shared one, or its own."""
+    return SHARED if SHARED_RETAIN else target
+
+
+def retain_tar(wildcards):
+    return f"results/data/{retain_owner(wildcards.target)}/retain.tar"
+
+
+def retain_grad(target, model=MODEL):
+    return f"results/grads/{model}/{retain_owner(target)}/retain.safetensors"
 
 
 def code_of(name):
@@ -102,6 +119,11 @@ def gpu_request(rule):
 
 
 def check_targets():
+    if SHARED in TARGETS:
+        raise ValueError(
+            f"config targets: the id {SHARED!r} is reserved (results/data/{SHARED}/ "
+            "holds the shared retain set); give the target another id"
+        )
     overlap = sorted(set(SHARDS) & set(HELDOUT_SHARDS))
     if overlap:
         raise ValueError(
@@ -213,17 +235,34 @@ def eval_sets_from(source):
     return [s for s in EVAL_SETS if config["data"]["eval"][s]["source"] == source]
 
 
+def select_outputs(target="{target}"):
+    """select_sets' files: a target's own retain set unless it is shared."""
+    d = f"results/data/{target}"
+    own = {} if SHARED_RETAIN else {"retain": f"{d}/retain.tar"}
+    return (
+        {"forget": f"{d}/forget.tar"}
+        | own
+        | {
+            "heldout": f"{d}/heldout.tar",
+            "summary": f"{d}/summary.json",
+        }
+    )
+
+
 def data_outputs():
-    """The sets of every target of the branches that run; the zero-shot
-    eval sets when the CLIP branch runs (the only one scoring on them)."""
-    return expand(
-        "results/data/{target}/{name}",
-        target=sorted(TARGETS),
-        name=["forget.tar", "retain.tar", "heldout.tar", "summary.json"],
-    ) + expand(
-        "results/data/eval/{evalset}/{name}",
-        evalset=EVAL_SETS if CLIP_TARGETS else [],
-        name=["val.tar", "test.tar", "classes.json"],
+    """The sets of every target of the branches that run (and the shared
+    retain set); the zero-shot eval sets when the CLIP branch runs (the only
+    one scoring on them)."""
+    shared = [f"results/data/{SHARED}/retain.tar"] if SHARED_RETAIN and TARGETS else []
+    sets = [f for t in sorted(TARGETS) for f in select_outputs(t).values()]
+    return (
+        sets
+        + shared
+        + expand(
+            "results/data/eval/{evalset}/{name}",
+            evalset=EVAL_SETS if CLIP_TARGETS else [],
+            name=["val.tar", "test.tar", "classes.json"],
+        )
     )
 
 
@@ -304,7 +343,7 @@ def method_cost_files(target, method, model=MODEL):
     if method == "slug":
         return [
             forget_pass,
-            f"{b}/clip_gradients/{model}/{target}/retain.tsv",
+            f"{b}/clip_gradients/{model}/{retain_owner(target)}/retain.tsv",
             f"{b}/layer_analysis/{model}/{target}.tsv",
         ] + own
     if method == "salun":
@@ -385,13 +424,15 @@ def heavy_benchmarks(model=MODEL):
         if CLIP_TARGETS or T2I_TARGETS  # the branches that score on them
     ]
     data += expand(f"{b}/select_sets/{{target}}.tsv", target=TARGETS)
+    if SHARED_RETAIN and TARGETS:
+        data.append(f"{b}/select_retain/{SHARED}.tsv")
     make = "pretrain_clip" if config["clip"]["source"] == "train" else "export_clip"
     models = [f"{b}/{make}/{model}.tsv"]
     # the layer plots are in `all`, so both gradient passes and the layer
     # analysis always run; the masks only for SalUn
     per_target = [
         "clip_gradients/{model}/{target}/forget",
-        "clip_gradients/{model}/{target}/retain",
+        "clip_gradients/{model}/{owner}/retain",
         "layer_analysis/{model}/{target}",
     ]
     if "salun" in METHODS:
@@ -405,10 +446,11 @@ def heavy_benchmarks(model=MODEL):
         for method in methods
     ]
     clip = [
-        f"{b}/{p}.tsv".format(model=model, target=t)
+        f"{b}/{p}.tsv".format(model=model, target=t, owner=retain_owner(t))
         for t in CLIP_TARGETS
         for p in per_target
     ]
+    clip = list(dict.fromkeys(clip))  # the shared retain pass once
     return data + models + clip + i2i_benchmarks()
 
 
@@ -529,7 +571,7 @@ def t2i_cost_files(target, method):
     if method == "slug":
         return [
             f"{b}/clip_gradients/{MODEL}/{target}/forget.tsv",
-            f"{b}/clip_gradients/{MODEL}/{target}/retain.tsv",
+            f"{b}/clip_gradients/{MODEL}/{retain_owner(target)}/retain.tsv",
             f"{b}/layer_analysis/{MODEL}/{target}.tsv",
         ] + own
     if method == "salun":

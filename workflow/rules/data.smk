@@ -178,10 +178,7 @@ rule select_sets:
         shards=expand("results/data/laion/{shard}.tar", shard=SHARDS),
         heldout_shards=expand("results/data/laion/{shard}.tar", shard=HELDOUT_SHARDS),
     output:
-        forget="results/data/{target}/forget.tar",
-        retain="results/data/{target}/retain.tar",
-        heldout="results/data/{target}/heldout.tar",
-        summary="results/data/{target}/summary.json",
+        **select_outputs(),
     log:
         "logs/select_sets/{target}.log",
     benchmark:
@@ -195,11 +192,42 @@ rule select_sets:
         code=code_of("select_sets"),
         target=lambda wc: target_config(wc.target),
         target_id=lambda wc: wc.target,
-        retain_size=config["selection"]["retain_size"],
+        # a shared retain set is select_retain's: its size reruns only that
+        retain_size=None if SHARED_RETAIN else config["selection"]["retain_size"],
         heldout_fraction=HELDOUT_FRACTION,
         seed=config["seeds"]["data"],
     script:
         "../scripts/stage.py"
+
+
+# one retain set for every target (selection.shared_retain): captions naming
+# none of them; its gradient is then one pass per model
+if SHARED_RETAIN:
+
+    rule select_retain:
+        input:
+            shards=expand("results/data/laion/{shard}.tar", shard=SHARDS),
+        output:
+            retain=f"results/data/{SHARED}/retain.tar",
+            summary=f"results/data/{SHARED}/retain_summary.json",
+        log:
+            f"logs/select_retain/{SHARED}.log",
+        benchmark:
+            f"results/benchmarks/select_retain/{SHARED}.tsv"
+        conda:
+            "../../envs/data.yaml"
+        resources:
+            mem_mb=2000,
+            runtime=60,
+        params:
+            code=code_of("select_retain"),
+            # every target: adding one changes the set (and so reruns what uses it)
+            targets={tid: TARGETS[tid] for tid in sorted(TARGETS)},
+            retain_size=config["selection"]["retain_size"],
+            heldout_fraction=HELDOUT_FRACTION,
+            seed=config["seeds"]["data"],
+        script:
+            "../scripts/stage.py"
 
 
 rule data:

@@ -50,7 +50,7 @@ rule clip_gradients:
 rule layer_analysis:
     input:
         grad_forget="results/grads/{model}/{target}/forget.safetensors",
-        grad_retain="results/grads/{model}/{target}/retain.safetensors",
+        grad_retain=lambda wc: retain_grad(wc.target, wc.model),
         weights="results/models/{model}/open_clip_model.safetensors",
     output:
         table="results/layers/{model}/{target}.parquet",

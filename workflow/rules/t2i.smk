@@ -108,7 +108,7 @@ rule unlearn_t2i:
         **t2i_eval_files("val"),
         clip_config=f"results/models/{MODEL}/open_clip_config.json",
         forget="results/data/{target}/forget.tar",
-        retain="results/data/{target}/retain.tar",
+        retain=retain_tar,
     output:
         delta="results/unlearn_t2i/{t2i}/{target}/{method}/delta.safetensors",
         trace="results/unlearn_t2i/{t2i}/{target}/{method}/search.parquet",

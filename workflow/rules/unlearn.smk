@@ -8,7 +8,7 @@ rule unlearn_clip:
         **model_files(),
         **eval_set_files("val"),
         forget="results/data/{target}/forget.tar",
-        retain="results/data/{target}/retain.tar",
+        retain=retain_tar,
     output:
         delta="results/unlearn/{model}/{target}/{method}/delta.safetensors",
         trace="results/unlearn/{model}/{target}/{method}/search.parquet",

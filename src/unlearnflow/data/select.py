@@ -6,7 +6,8 @@ underscores interchangeable; an optional extra regular expression), scanned
 across all configured shards.
 
 Retain: samples whose caption names neither the target nor an alias,
-disjoint from the forget set, of a configured size. The choice is a stable
+disjoint from the forget set, of a configured size; or (``select_retain``,
+the default) one retain set for every target, naming none of them. The choice is a stable
 hash of (seed, key), so it is deterministic for a seed, independent of
 shard order, and grows monotonically with the size.
 
@@ -108,6 +109,29 @@ def _digest(sample) -> str | None:
         return None
 
 
+def choose_retain(candidates: list, forget_digests: set, retain_size: int, dropped: dict, who: str) -> set:
+    """The retain set among ``candidates`` ((hash, shard index, key, digest)
+    of captions naming no target): the lowest hashes, one copy of each
+    picture, none of a forget set's pictures. Counts each drop in ``dropped``."""
+    candidates = sorted(candidates)
+    keys: set[tuple[int, str]] = set()
+    digests: set[str] = set()
+    dropped["retain_same_image_as_forget"] = dropped["retain_duplicate_image"] = 0
+    for _, si, key, digest in candidates:
+        if len(keys) == retain_size:
+            break
+        if digest in forget_digests:
+            dropped["retain_same_image_as_forget"] += 1
+        elif digest in digests:
+            dropped["retain_duplicate_image"] += 1
+        else:
+            keys.add((si, key))
+            digests.add(digest)
+    if len(keys) < retain_size:
+        log.warning("%s: only %d retain candidates, fewer than the %d asked for", who, len(keys), retain_size)
+    return keys
+
+
 def select_sets(
     shards: list[str | Path],
     target: dict,
@@ -197,31 +221,10 @@ def select_sets(
             f"target {target_id!r}: empty forget set: no caption among {scanned} scanned "
             f"in {len(shards)} shard(s) matches {matcher.pattern.pattern!r}"
         )
-    if retain_size < 1:
+    if retain_out and retain_size < 1:
         raise UnlearnflowError(f"target {target_id!r}: retain_size must be >= 1, got {retain_size}")
 
-    # retain: the lowest hashes, one copy of each picture, none of the forget set's
-    candidates.sort()
-    retain_keys: set[tuple[int, str]] = set()
-    retain_digests: set[str] = set()
-    dropped["retain_same_image_as_forget"] = dropped["retain_duplicate_image"] = 0
-    for _, si, key, digest in candidates:
-        if len(retain_keys) == retain_size:
-            break
-        if digest in forget_digests:
-            dropped["retain_same_image_as_forget"] += 1
-        elif digest in retain_digests:
-            dropped["retain_duplicate_image"] += 1
-        else:
-            retain_keys.add((si, key))
-            retain_digests.add(digest)
-    if len(retain_keys) < retain_size:
-        log.warning(
-            "target %s: only %d retain candidates, fewer than the %d asked for",
-            target_id,
-            len(retain_keys),
-            retain_size,
-        )
+    retain_keys = choose_retain(candidates, forget_digests, retain_size, dropped, target_id) if retain_out else set()
 
     heldout_keys: set[tuple[int, str]] = set()
     heldout_source = None
@@ -256,7 +259,7 @@ def select_sets(
     # pass 2: copy the chosen samples, in shard order, byte for byte
     with contextlib.ExitStack() as stack:
         fw = stack.enter_context(ShardWriter(forget_out))
-        rw = stack.enter_context(ShardWriter(retain_out))
+        rw = stack.enter_context(ShardWriter(retain_out)) if retain_out else None
         hw = stack.enter_context(ShardWriter(heldout_out)) if heldout_out is not None else None
         for si, shard in enumerate(shards):
             n_retain = 0
@@ -269,13 +272,14 @@ def select_sets(
                     n_retain += 1
                 elif heldout_fraction > 0 and ident in heldout_keys:
                     hw.write(sample)
-            per_shard[str(shard)]["retain"] = n_retain
+            if rw:
+                per_shard[str(shard)]["retain"] = n_retain
         if heldout_shards and hw is not None:
             for hi, shard in enumerate(heldout_shards):
                 for sample in iter_samples(shard):
                     if (hi, sample.key) in heldout_keys:
                         hw.write(sample)
-        written = {"forget": fw.count, "retain": rw.count, "heldout": hw.count if hw is not None else None}
+        written = {"forget": fw.count, "retain": rw.count if rw else None, "heldout": hw.count if hw is not None else None}
 
     summary = {
         "target": target_id,
@@ -284,14 +288,15 @@ def select_sets(
         "scanned": scanned,
         "per_shard": per_shard,
         "forget": written["forget"],
-        "retain": written["retain"],
-        "retain_requested": retain_size,
-        "retain_candidates": len(candidates),
-        "retain_short": written["retain"] < retain_size,
         "dropped": dropped,
         "seed": seed,
         "forget_examples": examples,
     }
+    if retain_out:
+        summary.update(retain=written["retain"], retain_requested=retain_size, retain_candidates=len(candidates),
+                       retain_short=written["retain"] < retain_size)
+    else:  # the shared retain set (select_retain) serves every target
+        summary["retain"] = "shared"
     if heldout_out is not None:
         summary["heldout"] = written["heldout"]
         summary["heldout_source"] = heldout_source
@@ -304,10 +309,10 @@ def select_stage(inp: dict, out: dict, params: dict) -> None:
     s = select_sets(
         shards=inp["shards"] if isinstance(inp["shards"], list) else [inp["shards"]],
         target=params["target"],
-        retain_size=int(params["retain_size"]),
+        retain_size=int(params["retain_size"] or 0),  # None: the retain set is shared
         seed=int(params["seed"]),
         forget_out=out["forget"],
-        retain_out=out["retain"],
+        retain_out=out.get("retain"),  # none: the shared retain set (select_retain)
         summary_out=out["summary"],
         target_id=params["target_id"],
         heldout_out=out.get("heldout"),
@@ -318,6 +323,88 @@ def select_stage(inp: dict, out: dict, params: dict) -> None:
         f"{s['target']}: forget {s['forget']}, retain {s['retain']}, held-out {s.get('heldout')} "
         f"of {s['scanned']} scanned; dropped {s['dropped']}"
     )
+
+
+def select_retain(shards, targets: dict[str, dict], retain_size: int, seed: int, retain_out, summary_out,
+                  heldout_fraction: float = 0.0) -> dict:
+    """One retain set for every target: the captions naming none of
+    ``targets`` (id -> target), none of whose pictures is any target's, by the
+    same hash order as a target's own retain set, so that with one target the
+    two are the same samples. Its gradient is then one pass per model, shared
+    by every target (the SLUG paper's setting: one shard for all identities).
+    Rows that ``heldout_fraction`` holds out join no retain set, as in
+    :func:`select_sets`."""
+    if not targets:
+        raise UnlearnflowError("the shared retain set: no target to exclude")
+    matchers = {tid: Matcher.from_target(t) for tid, t in targets.items()}
+    shards = [Path(s) for s in shards]
+    if not shards:
+        raise UnlearnflowError("the shared retain set: no shards to scan")
+    if retain_size < 1:
+        raise UnlearnflowError(f"the shared retain set: retain_size must be >= 1, got {retain_size}")
+    excluded = dict.fromkeys(matchers, 0)
+    forget_digests: set[str] = set()
+    candidates = []
+    dropped = {"retain_empty_caption": 0, "no_image": 0, "heldout_rows": 0}
+    scanned = 0
+    for si, shard in enumerate(shards):
+        n = 0
+        for sample in iter_samples(shard, exts=("txt", *IMAGE_EXTS)):
+            n += 1
+            digest = _digest(sample)
+            if digest is None:
+                dropped["no_image"] += 1
+                continue
+            if heldout_fraction > 0 and is_heldout(sample.key, heldout_fraction, seed):
+                dropped["heldout_rows"] += 1
+                continue
+            hits = [tid for tid, m in matchers.items() if m(sample.caption)]
+            for tid in hits:
+                excluded[tid] += 1
+            if hits:
+                forget_digests.add(digest)
+            elif not sample.caption.strip():
+                dropped["retain_empty_caption"] += 1
+            else:
+                candidates.append((stable_hash(seed, sample.key), si, sample.key, digest))
+        if n == 0:
+            raise InputFileError(shard, "the shared retain set: an empty shard (no samples); drop it from data.shards")
+        scanned += n
+    keys = choose_retain(candidates, forget_digests, retain_size, dropped, "the shared retain set")
+    with ShardWriter(retain_out) as rw:
+        for si, shard in enumerate(shards):
+            for sample in iter_samples(shard):
+                if (si, sample.key) in keys:
+                    rw.write(sample)
+        count = rw.count
+    summary = {
+        "retain": count,
+        "retain_requested": retain_size,
+        "retain_candidates": len(candidates),
+        "retain_short": count < retain_size,
+        "excluded_targets": {tid: {"captions": excluded[tid], "matching": matchers[tid].describe()} for tid in matchers},
+        "shards": [str(s) for s in shards],
+        "scanned": scanned,
+        "dropped": dropped,
+        "seed": seed,
+    }
+    write_json(summary_out, summary)
+    return summary
+
+
+def retain_stage(inp: dict, out: dict, params: dict) -> None:
+    """Rule ``select_retain``: the retain set shared by every target."""
+    s = select_retain(
+        shards=inp["shards"] if isinstance(inp["shards"], list) else [inp["shards"]],
+        targets=params["targets"],
+        retain_size=int(params["retain_size"]),
+        seed=int(params["seed"]),
+        retain_out=out["retain"],
+        summary_out=out["summary"],
+        heldout_fraction=float(params["heldout_fraction"]),
+    )
+    print(f"shared retain set: {s['retain']} of {s['scanned']} scanned, excluding {sorted(s['excluded_targets'])}; "
+          f"dropped {s['dropped']}")
 
 
 def _metadata_captions(path, caption_col: str) -> list[str]:

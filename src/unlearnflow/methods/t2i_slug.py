@@ -15,6 +15,14 @@ forgotten, then bisect), with one of two criteria:
 - ``clip``: SLUG's own search on the CLIP's validation split, restricted to
   text layers (identity and object targets).
 
+The ``generate`` search probes cheaply (``probe_seeds`` of the search seeds,
+``probe_steps`` sampling steps) and then validates the chosen step with the
+whole search set (every search seed, ``search_steps``): if it does not
+forget there, or forgets over budget, up to ``max_refine`` more probes at
+the whole set continue the same grow/bisect search from the cheap search's
+bracket. ``probe_seeds: null`` and ``probe_steps: null`` probe with the
+whole set (the search as it was, no validation needed).
+
 The delta is the one edited tensor, in open_clip's name; loading maps it onto
 the text encoder (three tensors when open_clip fuses q, k, v).
 """
@@ -37,7 +45,7 @@ log = logging.getLogger(__name__)
 
 DEFAULTS = {
     "criterion": "generate",
-    "max_layers": 2,
+    "max_layers": 1,  # the reference edits one text layer (clip/a6_uncanvas.py)
     "max_probes": 8,
     "init_fraction": 0.1,
     "bracket_tol": 0.1,
@@ -47,6 +55,10 @@ DEFAULTS = {
     "search_seeds": [1000, 1001],
     "max_retain_prompts": 12,
     "search_steps": 15,
+    # cheap probes, then the chosen step validated on the whole search set
+    "probe_seeds": 2,
+    "probe_steps": 8,
+    "max_refine": 4,
 }
 
 
@@ -76,12 +88,23 @@ class GeneratedProbe:
                         (("identity", "identities"), ("object", "objects"), ("style", "styles")) if s in ctx.val_sets}
         self.params = dict(ctx.bundle.text_encoder.named_parameters())
 
-    def __call__(self, name: str | None = None, tensor: torch.Tensor | None = None) -> dict:
+        seeds = list(p["search_seeds"])
+        n = len(seeds) if p.get("probe_seeds") is None else max(1, min(int(p["probe_seeds"]), len(seeds)))
+        self.steps = {"full": int(p["search_steps"]), "probe": int(p.get("probe_steps") or p["search_steps"])}
+        self.seeds = {"full": seeds, "probe": seeds[:n]}
+        # the cheap probe is the whole set itself: no validation needed then
+        self.cheap = self.seeds["probe"] != seeds or self.steps["probe"] != self.steps["full"]
+
+    def __call__(self, name: str | None = None, tensor: torch.Tensor | None = None, full: bool = True) -> dict:
         from ..metrics import images as im
         from ..metrics.t2i_eval import _pct, accuracies
         from ..models.diffusion import generate, hf_prefix, open_clip_to_hf
 
         b, domain = self.ctx.bundle, self.ctx.target["kind"]
+        which = "full" if full else "probe"
+        keep = set(self.seeds[which])
+        forget = self.forget[self.forget["seed"].isin(keep)]
+        retain = self.retain[self.retain["seed"].isin(keep)]
         saved = {}
         if name is not None:
             for hf, t in open_clip_to_hf({name: tensor}, b.text_layers, hf_prefix(b.text_encoder)).items():
@@ -89,21 +112,21 @@ class GeneratedProbe:
                 with torch.no_grad():
                     self.params[hf].copy_(t)
         try:
-            s = {"steps": self.p["search_steps"], "guidance": self.ctx.sampling["guidance"]}
-            f_img = generate(b, list(self.forget["prompt"]), list(self.forget["seed"]), **s)
-            r_img = generate(b, list(self.retain["prompt"]), list(self.retain["seed"]), **s)
+            s = {"steps": self.steps[which], "guidance": self.ctx.sampling["guidance"]}
+            f_img = generate(b, list(forget["prompt"]), list(forget["seed"]), **s)
+            r_img = generate(b, list(retain["prompt"]), list(retain["seed"]), **s)
         finally:
             with torch.no_grad():
                 for hf, t in saved.items():
                     self.params[hf].copy_(t)
         import json
 
-        f_acc = accuracies(self.clip, f_img, [json.loads(v) for v in self.forget["labels"]], self.classes)
-        r_acc = accuracies(self.clip, r_img, [json.loads(v) for v in self.retain["labels"]], self.classes)
+        f_acc = accuracies(self.clip, f_img, [json.loads(v) for v in forget["labels"]], self.classes)
+        r_acc = accuracies(self.clip, r_img, [json.loads(v) for v in retain["labels"]], self.classes)
         return {
             "ua": 100.0 - _pct(f_acc[domain]),
             "ira": _pct(r_acc[domain]) if domain in r_acc else float("nan"),
-            "clip_score": im.clip_score(self.net, r_img, list(self.retain["prompt"])),
+            "clip_score": im.clip_score(self.net, r_img, list(retain["prompt"])),
         }
 
 
@@ -112,53 +135,103 @@ def _ok(base: dict, m: dict, p: dict) -> bool:
     return ira_ok and m["clip_score"] >= p["clip_score_ratio"] * base["clip_score"]
 
 
-def search_generated(probe: GeneratedProbe, layer: str, theta0, grad, base: dict, p: dict):
-    gnorm, tnorm = float(grad.float().norm()), float(theta0.float().norm())
-    if gnorm == 0 or not math.isfinite(gnorm):
-        return [], {"layer": layer, "status": "zero gradient"}
-    state = SearchState(lam=p["init_fraction"] * tnorm / gnorm)
-    rows = []
-    for k in range(int(p["max_probes"])):
+def probe_loop(probe, layer, theta0, grad, base: dict, p: dict, state, max_probes: int, full: bool, gnorm, tnorm):
+    """Probe lambdas from ``state`` (grow x2 until it forgets, then bisect);
+    the trace rows and the smallest lambda that forgets within budget."""
+    rows, phase = [], "validate" if full and probe.cheap else "probe"
+    for k in range(int(max_probes)):
         t0 = time.perf_counter()
-        m = probe(layer, edited(theta0, grad, state.lam))
+        m = probe(layer, edited(theta0, grad, state.lam), full=full)
         forgets, ok = m["ua"] >= p["ua_target"], _ok(base, m, p)
-        rows.append({"layer": layer, "probe": k, "lam": state.lam, "step_norm_ratio": state.lam * gnorm / tnorm,
-                     "forgets": forgets, "within_budget": ok, "seconds": time.perf_counter() - t0, **m})
+        rows.append({"layer": layer, "phase": phase, "probe": k, "lam": state.lam,
+                     "step_norm_ratio": state.lam * gnorm / tnorm, "forgets": forgets, "within_budget": ok,
+                     "seconds": time.perf_counter() - t0, **m})
         if forgets and ok and (state.best is None or state.lam < state.best[0]):
             state.best = (state.lam, m)
         state.next(forgets)
         if state.converged(p["bracket_tol"]):
             break
+    return rows
+
+
+def outcome_of(layer: str, rows: list[dict], state) -> dict:
+    """A layer's outcome from its trace: within budget, over budget, or not."""
     if state.best is not None:
-        return rows, {"layer": layer, "status": "forgets within budget", "lam": state.best[0], "metrics": state.best[1]}
+        return {"layer": layer, "status": "forgets within budget", "lam": state.best[0], "metrics": state.best[1]}
     forgetting = [r for r in rows if r["forgets"]]
     r = max(forgetting, key=lambda r: r["clip_score"]) if forgetting else max(rows, key=lambda r: r["ua"])
     status = "forgets over budget" if forgetting else "does not forget"
-    return rows, {"layer": layer, "status": status, "lam": r["lam"],
-                  "metrics": {k: r[k] for k in ("ua", "ira", "clip_score")}}
+    return {"layer": layer, "status": status, "lam": r["lam"], "metrics": {k: r[k] for k in ("ua", "ira", "clip_score")}}
+
+
+def search_generated(probe: GeneratedProbe, layer: str, theta0, grad, base: dict, p: dict):
+    gnorm, tnorm = float(grad.float().norm()), float(theta0.float().norm())
+    if gnorm == 0 or not math.isfinite(gnorm):
+        return [], {"layer": layer, "status": "zero gradient"}
+    state = SearchState(lam=p["init_fraction"] * tnorm / gnorm)
+    rows = probe_loop(probe, layer, theta0, grad, base, p, state, p["max_probes"], not probe.cheap, gnorm, tnorm)
+    out = outcome_of(layer, rows, state)
+    # the cheap search's bracket, where a validation that fails goes on from
+    out["bracket"] = (max([r["lam"] for r in rows if not r["forgets"]], default=0.0), out["lam"])
+    return rows, out
+
+
+def validate(probe: GeneratedProbe, outcome: dict, theta0, grad, base_full: dict, p: dict):
+    """The cheap search's choice on the whole search set; where it does not
+    forget within budget there, the grow/bisect search goes on at the whole
+    set from the cheap bracket (``max_refine`` probes). Returns the trace
+    rows and the outcome at the whole set (what the info reports)."""
+    layer, lam = outcome["layer"], outcome["lam"]
+    gnorm, tnorm = float(grad.float().norm()), float(theta0.float().norm())
+    lo, _ = outcome["bracket"]
+    state = SearchState(lam=lam)
+    rows = probe_loop(probe, layer, theta0, grad, base_full, p, state, 1, True, gnorm, tnorm)
+    if state.best is None and p["max_refine"] > 0:
+        first = rows[0]
+        # not forgetting: grow from the validated lambda; forgetting over
+        # budget: bisect down towards the cheap search's last non-forgetting one
+        state = SearchState(lam=lam * 2, lo=lam) if not first["forgets"] else SearchState(lam=(lo + lam) / 2, lo=lo, hi=lam)
+        rows += probe_loop(probe, layer, theta0, grad, base_full, p, state, p["max_refine"], True, gnorm, tnorm)
+        if state.best is None and first["forgets"] and first["within_budget"]:
+            state.best = (lam, {k: first[k] for k in ("ua", "ira", "clip_score")})
+    for k, r in enumerate(rows):
+        r["probe"] = k
+    return rows, outcome_of(layer, rows, state)
 
 
 RANK = {"forgets within budget": 0, "forgets over budget": 1, "does not forget": 2}
 
 
 def search_generated_front(probe: GeneratedProbe, layers: list[str], theta: dict, grads: dict, base: dict, p: dict):
-    """Search every layer on generated images; the best (layer, edit), its
-    info and the trace: highest status, then UA, then CLIP score."""
+    """Search every layer on generated images (cheap probes); the best (layer,
+    edit), validated on the whole search set, its info and the trace:
+    highest status, then UA, then CLIP score. ``base``: the base model at the
+    whole search set (the probes' base is measured here at theirs)."""
+    base_probe = probe(full=False) if probe.cheap else base
     rows, outcomes = [], []
     for layer in layers:
-        r, o = search_generated(probe, layer, theta[layer].detach(), grads[layer], base, p)
+        r, o = search_generated(probe, layer, theta[layer].detach(), grads[layer], base_probe, p)
         rows += r
         outcomes.append(o)
-        log.info("layer %s: %s", layer, o["status"])
+        log.info("layer %s: %s (probes)", layer, o["status"])
     usable = [o for o in outcomes if "metrics" in o]
     if not usable:
         raise UnlearnflowError("SLUG (t2i): every candidate layer has a zero gradient")
     best = min(usable, key=lambda o: (RANK[o["status"]], -o["metrics"]["ua"], -o["metrics"]["clip_score"]))
-    layer = best["layer"]
-    info = {"criterion": "generate", "layer": layer, "lambda": best["lam"], "status": best["status"],
-            "search_metrics": best["metrics"], "base_search_metrics": base, "outcomes": outcomes,
-            "why": f"{best['status']}; highest UA then CLIP score among {len(usable)} text front layers"}
-    return layer, edited(theta[layer].detach(), grads[layer], best["lam"]), info, pd.DataFrame(rows)
+    layer, chosen = best["layer"], best
+    info = {"criterion": "generate", "base_search_metrics": base, "outcomes": outcomes}
+    if probe.cheap:
+        v_rows, chosen = validate(probe, best, theta[layer].detach(), grads[layer], base, p)
+        rows += v_rows
+        log.info("layer %s: %s (validated on the whole search set, %d probes)", layer, chosen["status"], len(v_rows))
+        info.update(probe_metrics=best["metrics"], probe_lambda=best["lam"], probe_status=best["status"],
+                    base_probe_metrics=base_probe, validation_probes=len(v_rows))
+    info.update(layer=layer, **{"lambda": chosen["lam"]}, status=chosen["status"], search_metrics=chosen["metrics"],
+                why=f"{best['status']} on the probes; highest UA then CLIP score among {len(usable)} text front "
+                    f"layers" + (f"; on the whole search set: {chosen['status']}" if probe.cheap else ""))
+    for o in outcomes:
+        o.pop("bracket", None)
+    return layer, edited(theta[layer].detach(), grads[layer], chosen["lam"]), info, pd.DataFrame(rows)
 
 
 def run(ctx, params: dict):
