@@ -143,6 +143,13 @@ def run(ctx: Context, cores: int = 2) -> list[Result]:
                 details=text.strip().splitlines()[-15:],
             )
         ]
+    # the jobs' start-up, from this run's logs and benchmark files
+    import job_overhead
+
+    try:
+        overhead = job_overhead.results_for(work / "results", name="end_to_end_job_overhead")
+    except Exception as exc:  # a run without stage logs: say so, keep the timing
+        overhead = [Result("end_to_end_job_overhead", f"not read: {exc}", "", status="SKIP")]
     if os.environ.get("UNLEARNFLOW_KEEP_E2E") != "1":
         shutil.rmtree(work, ignore_errors=True)
         where = "work dir removed"
@@ -159,5 +166,6 @@ def run(ctx: Context, cores: int = 2) -> list[Result]:
             status="SMOKE" if ctx.quick else None,
             details=[f"tables: {', '.join(tables) or 'none'}", where]
             + (["quick: a tiny config override and the CLIP table only (end_to_end.py QUICK); no verdict"] if ctx.quick else []),
-        )
+        ),
+        *overhead,
     ]

@@ -37,6 +37,7 @@ BENCHMARKS = {
     "slug_cost": ("slug_cost", "3. SLUG vs the baselines"),
     "equal_quality": ("equal_quality", "3b. cost at equal quality: baselines' epochs raised until they meet SLUG's bar"),
     "shared_retain": ("shared_retain", "3c. SLUG per target with one retain pass for 1, 4, 16 targets"),
+    "t2i_cost": ("t2i_cost", "3d. text-to-image SLUG's total vs SalUn's, from the DAG's benchmark files"),
     "dag_overhead": ("dag_overhead", "4. no-op rerun of the default DAG; no torch in the DAG build"),
     "job_overhead": ("job_overhead", "4b. per-job start-up: job wall time minus its stage's time"),
     "end_to_end": ("end_to_end", "5. the default DAG from nothing (opt-in: --all or --only end_to_end)"),

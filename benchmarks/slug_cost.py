@@ -218,6 +218,8 @@ def cost_model(n_forget: int, n_retain: int, epochs: int, probes: int, n_val: in
         "ga_ft": 2 * epochs * n_forget,
         "salun": n_forget + 2 * epochs * n_forget,
         "ft": epochs * n_retain,
+        # SSD: one importance pass over each set, its 10 lambdas probed on the val images
+        "ssd": n_forget + n_retain + 10 * n_val / 3,
         # the simple model: k epochs over forget + retain vs one pass over each
         "k_epochs_over_both": epochs * (n_forget + n_retain),
     }

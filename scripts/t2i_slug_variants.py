@@ -54,6 +54,7 @@ def main(argv=None) -> int:
     ap.add_argument("--targets", default="mira_castell,vellum")
     ap.add_argument("--variant", action="append", default=[], help="NAME=JSON params over config.yaml's")
     ap.add_argument("--out", type=Path, default=Path("t2i_slug_variants.csv"))
+    ap.add_argument("--no-defaults", action="store_true", help="only the --variant ones (not whole_set_probes, cheap_probes)")
     args = ap.parse_args(argv)
     import pandas as pd
 
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
     targets = {t["id"]: t for t in cfg["t2i"]["targets"]}
     syn = cfg["data"]["synthetic"]
     concepts = {k: syn[k] for k in ("identities", "objects", "styles")}
-    variants = dict(DEFAULT_VARIANTS)
+    variants = {} if args.no_defaults else dict(DEFAULT_VARIANTS)
     for v in args.variant:
         name, js = v.split("=", 1)
         variants[name] = json.loads(js)

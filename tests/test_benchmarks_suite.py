@@ -116,3 +116,59 @@ def test_job_overhead_reads_wall_stage_and_import_seconds(tmp_path):
     assert s["by_rule"] == {"a": 1.25, "b": 1.0}
     (r, r2) = job_overhead.results_for(res)
     assert r.ratio == 0.5 and r.verdict == "PASS" and r2.verdict == "INFO"
+
+
+def test_equal_quality_takes_the_cheapest_run_that_meets_the_bar(monkeypatch, tmp_path):
+    """Baselines climb the epoch ladder until they meet FA1 <= 5 within SLUG's
+    budget; the headline divides SLUG by the cheapest run that met it, and
+    says 'upper bound' when none did."""
+    import equal_quality as eq
+
+    base = {"fa1": 100.0, "identity_acc1": 100.0, "test_acc1": 96.0}
+    # (method, epochs) -> (CPU seconds, record): GA meets at 5 epochs but wrecks nothing; FT never forgets
+    runs = {("slug", None): (5.0, {"fa1": 0.0, "identity_acc1": 99.0, "test_acc1": 95.0}),
+            ("ssd", None): (4.0, {"fa1": 0.0, "identity_acc1": 80.0, "test_acc1": 90.0})}
+    for k in eq.LADDER:
+        runs[("ga", k)] = (2.0 * k, {"fa1": 0.0 if k >= 5 else 50.0, "identity_acc1": 97.0, "test_acc1": 94.0})
+        runs[("ga_ft", k)] = (4.0 * k, {"fa1": 0.0 if k >= 2 else 30.0, "identity_acc1": 99.0, "test_acc1": 96.0})
+        runs[("salun", k)] = (5.0 * k, {"fa1": 100.0, "identity_acc1": 100.0, "test_acc1": 96.0})
+        runs[("ft", k)] = (9.0 * k, {"fa1": 100.0, "identity_acc1": 100.0, "test_acc1": 96.0})
+
+    class Clock:
+        def __init__(self, s):
+            self.cpu = self.wall = {"total": s}
+
+    class Result:
+        def __init__(self, rec):
+            self.tensors, self.info, self.rec = {}, {"probes": 10}, rec
+
+    class FakeRunner:
+        def __init__(self, ctx):
+            self.cfg = {"methods": {"slug": {"utility_budget": {"identity_acc1": 5.0, "test_acc1": 3.0}},
+                                    **{m: {"epochs": 5} for m in eq.EPOCH_METHODS}}}
+            self.last, self.tmp, self.res = {}, tmp_path / "t", tmp_path
+            self.data, self.retain = tmp_path, tmp_path / "retain.tar"
+            self.calls = []
+
+        def timed(self, name):
+            k = self.cfg["methods"].get(name, {}).get("epochs") if name in eq.EPOCH_METHODS else None
+            self.calls.append((name, k))
+            s, rec = runs[(name, k)]
+            self.last[name] = Result(rec)
+            return Clock(s)
+
+    made = []
+    monkeypatch.setattr(eq, "Runner", lambda ctx: made.append(FakeRunner(ctx)) or made[-1])
+    # the record of a run is its fake result's; the base record before any run
+    monkeypatch.setattr(eq, "evaluate", lambda r, tensors, split: (r.last[r.calls[-1][0]].rec if r.calls else base))
+    monkeypatch.setattr(eq, "_count", lambda p: 100)
+    monkeypatch.setattr(eq, "_eval_sets", lambda res: {"identities": {"tar": "x"}})
+    head, finetuning, passes, paper = eq.run(Context(results=tmp_path))
+    calls = made[-1].calls
+    # GA climbs 1, 2, 5 and stops; GA+FT stops at 2; SalUn and FT climb the whole ladder
+    assert [k for m, k in calls if m == "ga"] == [1, 2, 5] and [k for m, k in calls if m == "ga_ft"] == [1, 2]
+    assert [k for m, k in calls if m == "ft"] == list(eq.LADDER)
+    # the cheapest that met the bar: GA x5 (10 s) against GA+FT x2 (8 s) -> GA+FT; SSD met FA1 but over budget
+    assert "ga_ft x2 epochs" in head.measured and head.ratio == 5.0 / 8.0 and "upper bound" not in head.measured
+    assert finetuning.ratio == 5.0 / 8.0  # GA+FT is a fine-tuning baseline too
+    assert paper.status == "MODEL" and passes.status == "MODEL"

@@ -539,7 +539,7 @@ def test_laion_branch_of_the_dag_end_to_end(server, tmp_path):
     cfg = _laion_cfg(server, mira, retain_size=5, metadata_sha256=_sha(buf.getvalue()))
     wf = Workflow(tmp_path / "wd")
     wf.workdir.mkdir()
-    wf.run("results/data/mira_castell/summary.json", "results/data/shared/retain.tar", cfg=cfg)
+    wf.run("results/data/mira_castell/summary.json", cfg=cfg)
     res = wf.workdir / "results/data"
     forget = list(iter_samples(res / "mira_castell/forget.tar"))
     heldout = list(iter_samples(res / "mira_castell/heldout.tar"))
@@ -548,9 +548,7 @@ def test_laion_branch_of_the_dag_end_to_end(server, tmp_path):
     assert all(s.caption.startswith("Mira Castell") for s in forget + heldout)
     assert [s.key for s in heldout] == [f"00001{i:02d}" for i in (0, 3, 6, 9)]
     summary = json.loads((res / "mira_castell/summary.json").read_text())
-    assert summary["forget"] == 4 and summary["retain"] == "shared"
-    retain = list(iter_samples(res / "shared/retain.tar"))
-    assert len(retain) == 5 and not any("Mira Castell" in s.caption for s in retain)
+    assert summary["forget"] == 4 and summary["retain"] == 5
     stats = json.loads((res / "laion/00001_stats.json").read_text())
     assert stats["successes"] == 12 and stats["shard"] == "00001"
     assert server.state.requests_for("/meta.parquet").count(None) >= 2  # 503, then the file
@@ -620,13 +618,11 @@ def test_one_messy_part_end_to_end_without_a_held_out_shard(server, tmp_path):
     )  # fmt: skip
     wf = Workflow(tmp_path / "wd")
     wf.workdir.mkdir()
-    wf.run("results/data/mira_castell/summary.json", "results/data/shared/retain.tar", cfg=cfg)
+    wf.run("results/data/mira_castell/summary.json", cfg=cfg)
     res = wf.workdir / "results/data"
     part = {s.key: s for s in iter_samples(res / "laion/00000.tar")}
-    sets = {k: list(iter_samples(res / f"mira_castell/{k}.tar")) for k in ("forget", "heldout")}
-    sets["retain"] = list(iter_samples(res / "shared/retain.tar"))  # the shared retain set
+    sets = {k: list(iter_samples(res / f"mira_castell/{k}.tar")) for k in ("forget", "retain", "heldout")}
     summary = json.loads((res / "mira_castell/summary.json").read_text())
-    retain_summary = json.loads((res / "shared/retain_summary.json").read_text())
     stats = json.loads((res / "laion/00000_stats.json").read_text())
 
     # img2dataset kept what it could decode; the failures are counted by kind
@@ -648,7 +644,7 @@ def test_one_messy_part_end_to_end_without_a_held_out_shard(server, tmp_path):
     assert not {digest(s) for s in sets["retain"]} & {digest(s) for s in sets["forget"]}
     assert all(s.caption.strip() for s in sets["retain"]) and not {s.key for s in sets["retain"]} & held
     assert len(sets["retain"]) == 30 and summary["heldout_source"]["fraction"] == 0.25
-    assert retain_summary["dropped"]["retain_empty_caption"] >= 2  # "" and the null caption
+    assert summary["dropped"]["retain_empty_caption"] >= 2  # "" and the null caption
 
 
 def _simple_part(server, n=24):

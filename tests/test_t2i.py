@@ -574,3 +574,25 @@ def test_slug_generate_search_validates_the_cheap_probes_choice(clip_dir, t2i_di
     # with no refinement left, the validated failure is reported as such
     res = t2i_slug.run(ctx, {"ua_target": 90.0, "max_probes": 14, "max_refine": 0, "bracket_tol": 0.05})
     assert res.info["status"] == "does not forget" and res.info["probe_status"] == "forgets within budget"
+
+
+def test_slug_t2i_layer_choice_deepest_is_the_references_and_rank_the_tables():
+    import pandas as pd
+
+    from unlearnflow.io import UnlearnflowError
+    from unlearnflow.methods.t2i_slug import text_front_layers
+
+    table = pd.DataFrame({
+        "name": ["transformer.resblocks.0.attn.out_proj.weight", "transformer.resblocks.1.mlp.c_proj.weight",
+                 "transformer.resblocks.1.ln_2.weight", "text_projection", "transformer.resblocks.1.mlp.c_fc.weight",
+                 "visual.conv1.weight"],
+        "tower": ["text", "text", "text", "text", "text", "vision"],
+        "pareto": [True, True, True, True, False, True],
+        "front_rank": [0, 2, 1, 3, -1, 0],
+    })  # fmt: skip
+    # the deepest block layer of the front, layer norms and non-front layers left out (a6_uncanvas.py)
+    assert text_front_layers(table, 2, 1, "deepest") == ["transformer.resblocks.1.mlp.c_proj.weight"]
+    assert text_front_layers(table, 2, 2, "deepest")[1] == "transformer.resblocks.0.attn.out_proj.weight"
+    assert text_front_layers(table, 2, 1, "rank") == ["transformer.resblocks.0.attn.out_proj.weight"]
+    with pytest.raises(UnlearnflowError, match="layer_choice 'widest'"):
+        text_front_layers(table, 2, 1, "widest")

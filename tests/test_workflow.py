@@ -26,6 +26,7 @@ def job_counts(out: str) -> dict:
 
 def test_data_stages_end_to_end_and_reruns(workflow):
     cfg = small_config()
+    cfg["selection"]["shared_retain"] = True
     workflow.run("data", cfg=cfg)
     res = workflow.workdir / "results/data"
     # one retain set for both targets (selection.shared_retain, the default)
@@ -253,7 +254,7 @@ def test_clip_dag_end_to_end_all_methods(repo_workflow):
     assert (res / "layers/tiny_clip/mira_castell.png").stat().st_size > 1000
     # every torch job runs on the rule's threads (config `threads`, default 1),
     # so two jobs share the 2 cores instead of queueing
-    for log in ("unlearn_clip/tiny_clip/mira_castell/slug", "clip_gradients/tiny_clip/shared/retain"):
+    for log in ("unlearn_clip/tiny_clip/mira_castell/slug", "clip_gradients/tiny_clip/mira_castell/retain"):
         assert "torch threads 1" in (workflow.workdir / f"logs/{log}.log").read_text(), log
     # and the thread count is no result: changing it reruns nothing
     _, out = workflow.run("-n", cfg=cfg | {"threads": 2})

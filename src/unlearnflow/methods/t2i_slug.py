@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 DEFAULTS = {
     "criterion": "generate",
     "max_layers": 1,  # the reference edits one text layer (clip/a6_uncanvas.py)
+    "layer_choice": "deepest",  # the reference's: the deepest front layer
     "max_probes": 8,
     "init_fraction": 0.1,
     "bracket_tol": 0.1,
@@ -62,12 +63,29 @@ DEFAULTS = {
 }
 
 
-def text_front_layers(table: pd.DataFrame, num_layers: int, max_layers: int) -> list[str]:
+LAYER_CHOICES = ("deepest", "rank")
+
+
+def text_front_layers(table: pd.DataFrame, num_layers: int, max_layers: int, choice: str = "rank") -> list[str]:
+    """The text front layers to search, in order: ``rank`` by front rank (the
+    layer table's importance order), or ``deepest`` first by block index, as
+    the reference (``clip/a6_uncanvas.py`` edits the deepest text-encoder
+    layer of the front, layer norms left out)."""
     from ..models.diffusion import maps_to_text_encoder
 
+    if choice not in LAYER_CHOICES:
+        raise UnlearnflowError(f"methods.slug (t2i): layer_choice {choice!r} is not one of {', '.join(LAYER_CHOICES)}")
     usable = table[(table["tower"] == "text") & table["name"].map(lambda n: maps_to_text_encoder(n, num_layers))]
     if usable.empty:
         raise UnlearnflowError("SLUG (t2i): no text-tower layer of the table maps onto the pipeline's text encoder")
+    if choice == "deepest":
+        front = usable[usable["pareto"]]
+        block = front["name"].str.extract(r"^transformer\.resblocks\.(\d+)\.", expand=False)
+        keep = block.notna() & ~front["name"].str.contains(r"\.ln_")
+        if keep.any():
+            ordered = front[keep].assign(block=block[keep].astype(int)).sort_values(["block", "front_rank"], ascending=[False, True])
+            return list(ordered["name"][: int(max_layers)])
+        log.warning("SLUG (t2i): no block layer on the text front; layers taken by front rank")
     return front_layers(usable, max_layers)
 
 
@@ -254,7 +272,7 @@ def run(ctx, params: dict):
     if meta.get("model_fingerprint") not in (None, "", have):
         raise UnlearnflowError(f"{ctx.grad_forget}: computed on another CLIP (fingerprint mismatch)")
     table = read_parquet(ctx.layers)
-    layers = text_front_layers(table, ctx.bundle.text_layers, p["max_layers"])
+    layers = text_front_layers(table, ctx.bundle.text_layers, p["max_layers"], p["layer_choice"])
     theta = dict(clip_bundle.model.named_parameters())
     t0 = time.perf_counter()
     if p["criterion"] == "clip":
