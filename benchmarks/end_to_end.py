@@ -1,6 +1,6 @@
 """End to end: the embedded default from nothing to all tables; wall time and peak memory.
 
-    .venv/bin/python benchmarks/run.py --only end_to_end            # the real one: ~13-14 min, both cores
+    .venv/bin/python benchmarks/run.py --only end_to_end            # the real one: ~17 min, both cores
     .venv/bin/python benchmarks/run.py --only end_to_end --quick    # a smoke run on a tiny config (minutes)
 
 Copies the repo's Snakefile, config.yaml, workflow/, profiles/, envs/ and

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/run.py                  # all but end_to_end (~15 min on 2 shared cores)
     .venv/bin/python benchmarks/run.py --quick          # fewer repeats, smaller runs (a smoke check)
     .venv/bin/python benchmarks/run.py --only clip_search,slug_cost
-    .venv/bin/python benchmarks/run.py --all            # with end_to_end (+13-14 min, both cores)
+    .venv/bin/python benchmarks/run.py --all            # with end_to_end (+17 min, both cores)
     .venv/bin/python benchmarks/run.py --only end_to_end --quick
 
 Reads the default DAG's results (run `make run` first). Each benchmark runs
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     for name in BENCHMARKS:
         if name not in names:
             if name in OPT_IN and not args.only:
-                results.append(Result(name, "not run (opt-in: --all or --only end_to_end; ~13-14 min)", "< 15 min on 2 cores", status="SKIP"))
+                results.append(Result(name, "not run (opt-in: --all or --only end_to_end; ~17 min)", "< 15 min on 2 cores", status="SKIP"))
             continue
         module, what = BENCHMARKS[name]
         print(f"== {name}: {what}", flush=True)

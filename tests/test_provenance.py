@@ -103,10 +103,10 @@ def test_a_fingerprint_changes_with_the_source_its_rule_runs_and_nothing_else(pa
     # encoder (methods/t2i_slug.py imports it); no other method, no data stage
     assert changed_by(root, clear, "methods/slug.py") == {("unlearn_clip", "slug"), ("unlearn_t2i", "slug")}
     assert changed_by(root, clear, "methods/ga.py") == {("unlearn_clip", "ga")}
-    # the selection: select_sets (downstream reruns follow from its outputs),
+    # the selection: select_sets and select_retain (downstream reruns follow from their outputs),
     # and SalUn on diffusion, which matches the target's name with its regex
     assert changed_by(root, clear, "data/select.py") == {
-        ("select_sets", None), ("t2i_salun_masks", None), ("unlearn_t2i", "salun"),
+        ("select_sets", None), ("select_retain", None), ("t2i_salun_masks", None), ("unlearn_t2i", "salun"),
     }  # fmt: skip
     # the synthetic renderer: every stage that draws pictures
     drawn = {r for r, _ in changed_by(root, clear, "data/render.py")}
@@ -214,6 +214,7 @@ def test_every_rule_has_a_stage_and_every_stage_a_rule(tmp_path):
         {"clip": {"source": "open_clip", "arch": "ViT-B-32", "pretrained": "laion400m_e32"}},
         {"t2i": {"source": "pretrained", "pretrained": "org/model", "targets": []}},
         {"i2i": {"source": "checkpoint", "checkpoint": "x.pth", "run_methods": []}},
+        {"selection": {"shared_retain": True}},
     ]
     for i, over in enumerate(variants):
         d = tmp_path / str(i)
