@@ -210,8 +210,6 @@ def validate(probe: GeneratedProbe, outcome: dict, theta0, grad, base_full: dict
         # budget: bisect down towards the cheap search's last non-forgetting one
         state = SearchState(lam=lam * 2, lo=lam) if not first["forgets"] else SearchState(lam=(lo + lam) / 2, lo=lo, hi=lam)
         rows += probe_loop(probe, layer, theta0, grad, base_full, p, state, p["max_refine"], True, gnorm, tnorm)
-        if state.best is None and first["forgets"] and first["within_budget"]:
-            state.best = (lam, {k: first[k] for k in ("ua", "ira", "clip_score")})
     for k, r in enumerate(rows):
         r["probe"] = k
     return rows, outcome_of(layer, rows, state)
