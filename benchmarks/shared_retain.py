@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/run.py --only shared_retain [--repeats 3]
 
-With ``selection.shared_retain`` (the default) the retain set names none of
+With ``selection.shared_retain: true`` (opt-in) the retain set names none of
 the configured targets, so its gradient is one pass per model
 (``results/grads/MODEL/shared/retain.safetensors``) that every target's
 layer analysis reads. Measured here, in this process, on the default DAG's

@@ -71,11 +71,11 @@ class Runner:
         self.ctx = ctx
         self.res = ctx.results
         self.data = self.res / "data" / ctx.target
-        # the shared retain set where the DAG made one (selection.shared_retain), else the target's own
-        shared = self.res / "data" / "shared" / "retain.tar"
-        self.retain = shared if shared.exists() else self.data / "retain.tar"
-        ctx.need(ctx.model_dir / "open_clip_model.safetensors", self.data / "forget.tar", self.retain)
         self.cfg = load_config()
+        # the retain set config.yaml's DAG uses: the shared one (selection.shared_retain) or the target's own
+        shared = self.cfg.get("selection", {}).get("shared_retain", False)
+        self.retain = self.res / "data" / "shared" / "retain.tar" if shared else self.data / "retain.tar"
+        ctx.need(ctx.model_dir / "open_clip_model.safetensors", self.data / "forget.tar", self.retain)
         self.target = ctx.target_config()
         self.bundle = load_clip(ctx.model_dir)
         self.theta0 = snapshot(self.bundle.model)
@@ -183,7 +183,7 @@ def dag_costs(res: Path, model: str, target: str) -> dict[str, float] | None:
     files = {
         "slug": [
             f"clip_gradients/{model}/{target}/forget",
-            f"clip_gradients/{model}/{'shared' if (b / f'clip_gradients/{model}/shared').exists() else target}/retain",
+            f"clip_gradients/{model}/{'shared' if load_config().get('selection', {}).get('shared_retain') else target}/retain",
             f"layer_analysis/{model}/{target}",
             f"unlearn_clip/{model}/{target}/slug",
         ],

@@ -30,8 +30,8 @@ def _read(path: Path) -> tuple[float, float]:
     return float(row["s"]), float(row.get("cpu_time") or "nan")
 
 
-def costs(b: Path, clip: str, t2i: str, target: str) -> dict[str, dict[str, tuple[float, float]]]:
-    owner = "shared" if (b / f"clip_gradients/{clip}/shared/retain.tsv").exists() else target
+def costs(b: Path, clip: str, t2i: str, target: str, shared: bool = False) -> dict[str, dict[str, tuple[float, float]]]:
+    owner = "shared" if shared else target
     parts = {
         "slug": {
             "forget gradients": b / f"clip_gradients/{clip}/{target}/forget.tsv",
@@ -55,7 +55,7 @@ def run(ctx: Context) -> list[Result]:
     clip, t2i = cfg["clip"]["name"], cfg["t2i"].get("name", "tiny_t2i")
     out = []
     for t in cfg["t2i"]["targets"]:
-        c = costs(ctx.results / "benchmarks", clip, t2i, t["id"])
+        c = costs(ctx.results / "benchmarks", clip, t2i, t["id"], cfg.get("selection", {}).get("shared_retain", False))
         wall = {m: sum(w for w, _ in v.values()) for m, v in c.items()}
         cpu = {m: sum(x for _, x in v.values()) for m, v in c.items()}
         search = c["slug"]["search (unlearn_t2i)"][0]

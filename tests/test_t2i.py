@@ -596,3 +596,45 @@ def test_slug_t2i_layer_choice_deepest_is_the_references_and_rank_the_tables():
     assert text_front_layers(table, 2, 1, "rank") == ["transformer.resblocks.0.attn.out_proj.weight"]
     with pytest.raises(UnlearnflowError, match="layer_choice 'widest'"):
         text_front_layers(table, 2, 1, "widest")
+
+
+def test_slug_generate_search_falls_back_to_the_whole_set_when_the_cheap_base_forgets(clip_dir, t2i_dir, tmp_path, monkeypatch):
+    """If the base already meets ua_target on the cheap probes (but not on the
+    whole search set), every cheap probe would 'forget' and the bisection
+    would shrink the step toward 0: the search runs at the whole set then."""
+    import pandas as pd
+
+    from unlearnflow.gradients import FORMAT
+    from unlearnflow.io import save_tensors, write_parquet
+    from unlearnflow.methods import t2i_slug
+    from unlearnflow.methods.t2i import T2IContext
+    from unlearnflow.models.clip import load_clip
+
+    name = "transformer.resblocks.2.mlp.c_fc.weight"
+    theta0 = dict(load_clip(clip_dir).model.named_parameters())[name].detach()
+    save_tensors(tmp_path / "g.safetensors", {name: torch.ones_like(theta0)}, {"format": FORMAT, "set": "forget"})
+    write_parquet(tmp_path / "layers.parquet", pd.DataFrame({"name": [name], "tower": ["text"], "pareto": [True], "front_rank": [0]}))
+    calls = []
+
+    class Probe:  # cheap probes: always UA 100; the whole set: forgets from lambda 2
+        cheap = True
+        seeds, steps = {"probe": [0]}, {"probe": 8}
+
+        def __init__(self, *a, **k):
+            pass
+
+        def __call__(self, layer=None, tensor=None, full=True):
+            lam = 0.0 if tensor is None else float((tensor.float() - theta0.float()).mean())
+            calls.append(full)
+            return {"ua": 100.0 if not full or lam >= 2.0 else 20.0, "ira": 50.0, "clip_score": 60.0}
+
+    monkeypatch.setattr(t2i_slug, "GeneratedProbe", Probe)
+    ctx = T2IContext(
+        bundle=D.load_t2i(t2i_dir), target={"id": "m", "name": "Mira Castell", "kind": "identity"},
+        concepts={}, sampling={"guidance": 3.0}, clip_dir=clip_dir, grad_forget=tmp_path / "g.safetensors",
+        layers=tmp_path / "layers.parquet", val_sets={},
+    )  # fmt: skip
+    res = t2i_slug.run(ctx, {"ua_target": 90.0, "max_probes": 12})
+    assert res.info["probes_at"].startswith("the whole search set (the cheap")
+    assert res.info["status"] == "forgets within budget" and 2.0 <= res.info["lambda"] < 2.5
+    assert calls.count(False) == 1 and set(res.trace["phase"]) == {"probe"}  # one cheap call: the base

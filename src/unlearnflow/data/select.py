@@ -7,7 +7,8 @@ across all configured shards.
 
 Retain: samples whose caption names neither the target nor an alias,
 disjoint from the forget set, of a configured size; or (``select_retain``,
-the default) one retain set for every target, naming none of them. The choice is a stable
+opt-in: ``selection.shared_retain``) one retain set for every target,
+naming none of them. The choice is a stable
 hash of (seed, key), so it is deterministic for a seed, independent of
 shard order, and grows monotonically with the size.
 

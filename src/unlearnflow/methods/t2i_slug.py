@@ -224,6 +224,13 @@ def search_generated_front(probe: GeneratedProbe, layers: list[str], theta: dict
     highest status, then UA, then CLIP score. ``base``: the base model at the
     whole search set (the probes' base is measured here at theirs)."""
     base_probe = probe(full=False) if probe.cheap else base
+    fell_back = probe.cheap and base_probe["ua"] >= p["ua_target"]
+    if fell_back:
+        # the cheap probes' base already "forgets": every cheap probe would, and
+        # the bisection would shrink toward 0; search at the whole set instead
+        log.warning("SLUG (t2i): the base model reaches UA %.1f >= ua_target on the cheap probes (seeds %s, %d steps): "
+                    "searching with the whole search set", base_probe["ua"], probe.seeds["probe"], probe.steps["probe"])
+        probe.cheap, base_probe = False, base
     rows, outcomes = [], []
     for layer in layers:
         r, o = search_generated(probe, layer, theta[layer].detach(), grads[layer], base_probe, p)
@@ -235,7 +242,9 @@ def search_generated_front(probe: GeneratedProbe, layers: list[str], theta: dict
         raise UnlearnflowError("SLUG (t2i): every candidate layer has a zero gradient")
     best = min(usable, key=lambda o: (RANK[o["status"]], -o["metrics"]["ua"], -o["metrics"]["clip_score"]))
     layer, chosen = best["layer"], best
-    info = {"criterion": "generate", "base_search_metrics": base, "outcomes": outcomes}
+    info = {"criterion": "generate", "base_search_metrics": base, "outcomes": outcomes,
+            "probes_at": "the whole search set (the cheap probes' base already forgets)" if fell_back
+            else "cheap probes, validated on the whole search set" if probe.cheap else "the whole search set"}
     if probe.cheap:
         v_rows, chosen = validate(probe, best, theta[layer].detach(), grads[layer], base, p)
         rows += v_rows
