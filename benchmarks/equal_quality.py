@@ -45,13 +45,9 @@ def evaluate(runner: Runner, tensors: dict, split: str) -> dict:
 
     from unlearnflow.metrics.clip_eval import EvalSuite
 
-    sets = _eval_sets(runner.res) if split == "val" else {
-        s: {"tar": runner.res / f"data/eval/{s}/test.tar", "classes": runner.res / f"data/eval/{s}/classes.json"}
-        for s in ("identities", "objects")
-    }
     key = ("suite", split)
     if key not in runner.last:
-        runner.last[key] = EvalSuite.load(sets, runner.target, runner.bundle.preprocess)
+        runner.last[key] = EvalSuite.load(_eval_sets(runner.res, split), runner.target, runner.bundle.preprocess)
     suite = runner.last[key]
     params = dict(runner.bundle.model.named_parameters())
     try:

@@ -56,8 +56,9 @@ class _Clock:
         return _Part()
 
 
-def _eval_sets(res: Path) -> dict:
-    return {s: {"tar": res / f"data/eval/{s}/val.tar", "classes": res / f"data/eval/{s}/classes.json"} for s in ("identities", "objects")}
+def _eval_sets(res: Path, split: str = "val") -> dict:
+    return {s: {"tar": res / f"data/eval/{s}/{split}.tar", "classes": res / f"data/eval/{s}/classes.json"}
+            for s in ("identities", "objects")}
 
 
 class Runner:
@@ -180,10 +181,11 @@ class Runner:
 def dag_costs(res: Path, model: str, target: str) -> dict[str, float] | None:
     """Seconds per method from the DAG's benchmark files (as the costs table sums them)."""
     b = res / "benchmarks"
+    retain_owner = "shared" if load_config().get("selection", {}).get("shared_retain") else target
     files = {
         "slug": [
             f"clip_gradients/{model}/{target}/forget",
-            f"clip_gradients/{model}/{'shared' if load_config().get('selection', {}).get('shared_retain') else target}/retain",
+            f"clip_gradients/{model}/{retain_owner}/retain",
             f"layer_analysis/{model}/{target}",
             f"unlearn_clip/{model}/{target}/slug",
         ],

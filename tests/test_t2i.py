@@ -486,22 +486,39 @@ def test_slug_clip_criterion_edits_one_text_layer_by_lambda_times_the_gradient(c
         run(ctx, {"criterion": "pixels"})
 
 
-def test_slug_generate_search_keeps_theta0_when_the_base_already_forgets(clip_dir, t2i_dir, tmp_path, monkeypatch):
-    """If the base model already meets ua_target on the search prompts, the
-    search has nothing to find: SLUG says so and stores theta(0) (an exact
-    no-op), instead of a bisection shrunk toward a step of ~0."""
+SLUG_LAYER = "transformer.resblocks.2.mlp.c_fc.weight"
+
+
+def slug_search_ctx(clip_dir, t2i_dir, tmp_path):
+    """One text layer on the front with a gradient of ones, and the t2i
+    context over it: the base tensor and the context (the probe is faked)."""
     import pandas as pd
 
     from unlearnflow.gradients import FORMAT
     from unlearnflow.io import save_tensors, write_parquet
-    from unlearnflow.methods import t2i_slug
     from unlearnflow.methods.t2i import T2IContext
     from unlearnflow.models.clip import load_clip
 
-    name = "transformer.resblocks.2.mlp.c_fc.weight"
-    params = dict(load_clip(clip_dir).model.named_parameters())
-    save_tensors(tmp_path / "g.safetensors", {name: torch.ones_like(params[name])}, {"format": FORMAT, "set": "forget"})
-    write_parquet(tmp_path / "layers.parquet", pd.DataFrame({"name": [name], "tower": ["text"], "pareto": [True], "front_rank": [0]}))
+    theta0 = dict(load_clip(clip_dir).model.named_parameters())[SLUG_LAYER].detach()
+    save_tensors(tmp_path / "g.safetensors", {SLUG_LAYER: torch.ones_like(theta0)}, {"format": FORMAT, "set": "forget"})
+    write_parquet(tmp_path / "layers.parquet",
+                  pd.DataFrame({"name": [SLUG_LAYER], "tower": ["text"], "pareto": [True], "front_rank": [0]}))  # fmt: skip
+    ctx = T2IContext(
+        bundle=D.load_t2i(t2i_dir), target={"id": "m", "name": "Mira Castell", "kind": "identity"},
+        concepts={}, sampling={"guidance": 3.0}, clip_dir=clip_dir, grad_forget=tmp_path / "g.safetensors",
+        layers=tmp_path / "layers.parquet", val_sets={},
+    )  # fmt: skip
+    return theta0, ctx
+
+
+def test_slug_generate_search_keeps_theta0_when_the_base_already_forgets(clip_dir, t2i_dir, tmp_path, monkeypatch):
+    """If the base model already meets ua_target on the search prompts, the
+    search has nothing to find: SLUG says so and stores theta(0) (an exact
+    no-op), instead of a bisection shrunk toward a step of ~0."""
+    from unlearnflow.methods import t2i_slug
+
+    name = SLUG_LAYER
+    theta0, ctx = slug_search_ctx(clip_dir, t2i_dir, tmp_path)
     calls = []
 
     class Probe:  # the base scores UA 80 on the search prompts; an edit would score 100
@@ -515,14 +532,9 @@ def test_slug_generate_search_keeps_theta0_when_the_base_already_forgets(clip_di
             return {"ua": 80.0 if layer is None else 100.0, "ira": 50.0, "clip_score": 60.0}
 
     monkeypatch.setattr(t2i_slug, "GeneratedProbe", Probe)
-    ctx = T2IContext(
-        bundle=D.load_t2i(t2i_dir), target={"id": "m", "name": "Mira Castell", "kind": "identity"},
-        concepts={}, sampling={"guidance": 3.0}, clip_dir=clip_dir, grad_forget=tmp_path / "g.safetensors",
-        layers=tmp_path / "layers.parquet", val_sets={},
-    )  # fmt: skip
     res = t2i_slug.run(ctx, {"ua_target": 75.0})
     assert res.info["status"] == "base already forgets" and res.info["lambda"] == 0.0 and calls == [None]
-    assert torch.equal(res.tensors[name], params[name].detach())
+    assert torch.equal(res.tensors[name], theta0)
     res = t2i_slug.run(ctx, {"ua_target": 90.0, "max_probes": 3})  # a target above the base: a real search
     assert res.info["status"] == "forgets within budget" and res.info["lambda"] > 0 and len(calls) > 2
 
@@ -532,18 +544,10 @@ def test_slug_generate_search_validates_the_cheap_probes_choice(clip_dir, t2i_di
     set then validates it, and where the step does not forget there, the
     search goes on at the whole set: the stored step forgets at the whole
     set, not only on the cheap probes."""
-    import pandas as pd
-
-    from unlearnflow.gradients import FORMAT
-    from unlearnflow.io import save_tensors, write_parquet
     from unlearnflow.methods import t2i_slug
-    from unlearnflow.methods.t2i import T2IContext
-    from unlearnflow.models.clip import load_clip
 
-    name = "transformer.resblocks.2.mlp.c_fc.weight"
-    theta0 = dict(load_clip(clip_dir).model.named_parameters())[name].detach()
-    save_tensors(tmp_path / "g.safetensors", {name: torch.ones_like(theta0)}, {"format": FORMAT, "set": "forget"})
-    write_parquet(tmp_path / "layers.parquet", pd.DataFrame({"name": [name], "tower": ["text"], "pareto": [True], "front_rank": [0]}))
+    name = SLUG_LAYER
+    theta0, ctx = slug_search_ctx(clip_dir, t2i_dir, tmp_path)
     calls = []
 
     class Probe:  # forgets from lambda 1 on the cheap probes, from lambda 3 on the whole set
@@ -558,11 +562,6 @@ def test_slug_generate_search_validates_the_cheap_probes_choice(clip_dir, t2i_di
             return {"ua": 100.0 if lam >= (3.0 if full else 1.0) else 20.0, "ira": 50.0, "clip_score": 60.0}
 
     monkeypatch.setattr(t2i_slug, "GeneratedProbe", Probe)
-    ctx = T2IContext(
-        bundle=D.load_t2i(t2i_dir), target={"id": "m", "name": "Mira Castell", "kind": "identity"},
-        concepts={}, sampling={"guidance": 3.0}, clip_dir=clip_dir, grad_forget=tmp_path / "g.safetensors",
-        layers=tmp_path / "layers.parquet", val_sets={},
-    )  # fmt: skip
     res = t2i_slug.run(ctx, {"ua_target": 90.0, "max_probes": 14, "max_refine": 4, "bracket_tol": 0.05})
     info, trace = res.info, res.trace
     assert 1.0 <= info["probe_lambda"] < 1.1  # the cheap search's smallest forgetting step
@@ -602,18 +601,10 @@ def test_slug_generate_search_falls_back_to_the_whole_set_when_the_cheap_base_fo
     """If the base already meets ua_target on the cheap probes (but not on the
     whole search set), every cheap probe would 'forget' and the bisection
     would shrink the step toward 0: the search runs at the whole set then."""
-    import pandas as pd
-
-    from unlearnflow.gradients import FORMAT
-    from unlearnflow.io import save_tensors, write_parquet
     from unlearnflow.methods import t2i_slug
-    from unlearnflow.methods.t2i import T2IContext
-    from unlearnflow.models.clip import load_clip
 
-    name = "transformer.resblocks.2.mlp.c_fc.weight"
-    theta0 = dict(load_clip(clip_dir).model.named_parameters())[name].detach()
-    save_tensors(tmp_path / "g.safetensors", {name: torch.ones_like(theta0)}, {"format": FORMAT, "set": "forget"})
-    write_parquet(tmp_path / "layers.parquet", pd.DataFrame({"name": [name], "tower": ["text"], "pareto": [True], "front_rank": [0]}))
+    name = SLUG_LAYER
+    theta0, ctx = slug_search_ctx(clip_dir, t2i_dir, tmp_path)
     calls = []
 
     class Probe:  # cheap probes: always UA 100; the whole set: forgets from lambda 2
@@ -629,11 +620,6 @@ def test_slug_generate_search_falls_back_to_the_whole_set_when_the_cheap_base_fo
             return {"ua": 100.0 if not full or lam >= 2.0 else 20.0, "ira": 50.0, "clip_score": 60.0}
 
     monkeypatch.setattr(t2i_slug, "GeneratedProbe", Probe)
-    ctx = T2IContext(
-        bundle=D.load_t2i(t2i_dir), target={"id": "m", "name": "Mira Castell", "kind": "identity"},
-        concepts={}, sampling={"guidance": 3.0}, clip_dir=clip_dir, grad_forget=tmp_path / "g.safetensors",
-        layers=tmp_path / "layers.parquet", val_sets={},
-    )  # fmt: skip
     res = t2i_slug.run(ctx, {"ua_target": 90.0, "max_probes": 12})
     assert res.info["probes_at"].startswith("the whole search set (the cheap")
     assert res.info["status"] == "forgets within budget" and 2.0 <= res.info["lambda"] < 2.5

@@ -153,10 +153,11 @@ def _ok(base: dict, m: dict, p: dict) -> bool:
     return ira_ok and m["clip_score"] >= p["clip_score_ratio"] * base["clip_score"]
 
 
-def probe_loop(probe, layer, theta0, grad, base: dict, p: dict, state, max_probes: int, full: bool, gnorm, tnorm):
+def probe_loop(probe, layer, theta0, grad, base: dict, p: dict, state, max_probes: int, full: bool):
     """Probe lambdas from ``state`` (grow x2 until it forgets, then bisect);
     the trace rows and the smallest lambda that forgets within budget."""
     rows, phase = [], "validate" if full and probe.cheap else "probe"
+    gnorm, tnorm = float(grad.float().norm()), float(theta0.float().norm())
     for k in range(int(max_probes)):
         t0 = time.perf_counter()
         m = probe(layer, edited(theta0, grad, state.lam), full=full)
@@ -187,29 +188,26 @@ def search_generated(probe: GeneratedProbe, layer: str, theta0, grad, base: dict
     if gnorm == 0 or not math.isfinite(gnorm):
         return [], {"layer": layer, "status": "zero gradient"}
     state = SearchState(lam=p["init_fraction"] * tnorm / gnorm)
-    rows = probe_loop(probe, layer, theta0, grad, base, p, state, p["max_probes"], not probe.cheap, gnorm, tnorm)
-    out = outcome_of(layer, rows, state)
-    # the cheap search's bracket, where a validation that fails goes on from
-    out["bracket"] = (max([r["lam"] for r in rows if not r["forgets"]], default=0.0), out["lam"])
-    return rows, out
+    rows = probe_loop(probe, layer, theta0, grad, base, p, state, p["max_probes"], not probe.cheap)
+    return rows, outcome_of(layer, rows, state)
 
 
-def validate(probe: GeneratedProbe, outcome: dict, theta0, grad, base_full: dict, p: dict):
+def validate(probe: GeneratedProbe, outcome: dict, probe_rows: list[dict], theta0, grad, base_full: dict, p: dict):
     """The cheap search's choice on the whole search set; where it does not
     forget within budget there, the grow/bisect search goes on at the whole
-    set from the cheap bracket (``max_refine`` probes). Returns the trace
+    set from the cheap search's bracket (its largest non-forgetting lambda on
+    the layer, from ``probe_rows``; ``max_refine`` probes). Returns the trace
     rows and the outcome at the whole set (what the info reports)."""
     layer, lam = outcome["layer"], outcome["lam"]
-    gnorm, tnorm = float(grad.float().norm()), float(theta0.float().norm())
-    lo, _ = outcome["bracket"]
+    lo = max([r["lam"] for r in probe_rows if r["layer"] == layer and not r["forgets"]], default=0.0)
     state = SearchState(lam=lam)
-    rows = probe_loop(probe, layer, theta0, grad, base_full, p, state, 1, True, gnorm, tnorm)
+    rows = probe_loop(probe, layer, theta0, grad, base_full, p, state, 1, True)
     if state.best is None and p["max_refine"] > 0:
         first = rows[0]
         # not forgetting: grow from the validated lambda; forgetting over
         # budget: bisect down towards the cheap search's last non-forgetting one
         state = SearchState(lam=lam * 2, lo=lam) if not first["forgets"] else SearchState(lam=(lo + lam) / 2, lo=lo, hi=lam)
-        rows += probe_loop(probe, layer, theta0, grad, base_full, p, state, p["max_refine"], True, gnorm, tnorm)
+        rows += probe_loop(probe, layer, theta0, grad, base_full, p, state, p["max_refine"], True)
     for k, r in enumerate(rows):
         r["probe"] = k
     return rows, outcome_of(layer, rows, state)
@@ -246,7 +244,7 @@ def search_generated_front(probe: GeneratedProbe, layers: list[str], theta: dict
             "probes_at": "the whole search set (the cheap probes' base already forgets)" if fell_back
             else "cheap probes, validated on the whole search set" if probe.cheap else "the whole search set"}
     if probe.cheap:
-        v_rows, chosen = validate(probe, best, theta[layer].detach(), grads[layer], base, p)
+        v_rows, chosen = validate(probe, best, rows, theta[layer].detach(), grads[layer], base, p)
         rows += v_rows
         log.info("layer %s: %s (validated on the whole search set, %d probes)", layer, chosen["status"], len(v_rows))
         info.update(probe_metrics=best["metrics"], probe_lambda=best["lam"], probe_status=best["status"],
@@ -254,8 +252,6 @@ def search_generated_front(probe: GeneratedProbe, layers: list[str], theta: dict
     info.update(layer=layer, **{"lambda": chosen["lam"]}, status=chosen["status"], search_metrics=chosen["metrics"],
                 why=f"{best['status']} on the probes; highest UA then CLIP score among {len(usable)} text front "
                     f"layers" + (f"; on the whole search set: {chosen['status']}" if probe.cheap else ""))
-    for o in outcomes:
-        o.pop("bracket", None)
     return layer, edited(theta[layer].detach(), grads[layer], chosen["lam"]), info, pd.DataFrame(rows)
 
 
