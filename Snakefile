@@ -49,6 +49,7 @@ localrules:
     table_html,
     provenance_index,
     t2i_table,
+    t2i_compare_grid,
     i2i_table,
     i2i_tsne,
 

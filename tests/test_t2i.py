@@ -365,9 +365,10 @@ def test_t2i_dag_end_to_end(workflow):
                 "salun": {"steps": 2, "batch_size": 4},
             },
             "targets": [{"id": "mira_castell", "name": "Mira Castell", "kind": "identity"}],
+            "judge": {"train": {"per_class": {"identities": 4, "objects": 4, "styles": 1}, "epochs": 1, "width": 4}, "min_accuracy": 0},
         },
     )
-    workflow.run("results/tables/t2i_unlearning.csv", cfg=cfg, timeout=1500)
+    workflow.run("results/tables/t2i_unlearning.csv", "results/generate/tiny_t2i/mira_castell/compare.png", cfg=cfg, timeout=1500)
     res = workflow.workdir / "results"
     table = pd.read_csv(res / "tables/t2i_unlearning.csv")
     assert list(table.columns) == [
@@ -382,6 +383,20 @@ def test_t2i_dag_end_to_end(workflow):
     assert grid.stat().st_size > 200
     prompts = pd.read_parquet(res / "generate/tiny_t2i/mira_castell/base/prompts.parquet")
     assert len(list((res / "generate/tiny_t2i/mira_castell/base/retain").glob("*.png"))) == (prompts["set"] == "retain").sum()
+    # UA / IRA / CRA are the judge's, its held-out accuracy in the caption,
+    # its label of every picture beside the record
+    judge = json.loads((res / "models/judge/tiny_judge/judge.json").read_text())
+    record = json.loads((res / "eval_t2i/tiny_t2i/mira_castell/base.json").read_text())
+    assert record["judge"] == "tiny_judge" and record["judge_kind"] == "train"
+    assert record["judge_heldout"] == {d: v["accuracy"] for d, v in judge["heldout"].items()}
+    assert {"ua_clip", "ira_clip", "cra_clip"} <= set(record)
+    preds = pd.read_parquet(res / "eval_t2i/tiny_t2i/mira_castell/base.predictions.parquet")
+    assert len(preds) == len(prompts) and preds["correct"].dtype == bool
+    forget = preds[preds["set"] == "forget"]
+    assert record["ua"] == pytest.approx(100 - 100 * forget["correct"].mean())
+    caption = (res / "tables/t2i_unlearning.md").read_text().splitlines()[0]
+    assert "train judge tiny_judge (held-out accuracy %: identity" in caption
+    assert (res / "generate/tiny_t2i/mira_castell/compare.png").stat().st_size > 1000
     provenance = json.loads((res / "tables/t2i_unlearning.provenance.json").read_text())
     for _, row in table.iterrows():
         record = provenance[row["provenance"]]
@@ -392,8 +407,10 @@ def test_t2i_dag_end_to_end(workflow):
     # rerun generation and scoring, never the unlearning or the masks
     from test_workflow import job_counts
 
+    # and so does the judge (its own training reruns, no generation)
+    judge2 = {"judge": {**cfg["t2i"]["judge"], "train": {**cfg["t2i"]["judge"]["train"], "epochs": 2}}}
     for t2i in ({"sampling": {"steps": 3, "seeds": [0]}}, {"sampling": {"steps": 2, "seeds": [0, 1]}},
-                {"feature_net": {"kind": "clip", "arch": "x"}}):  # fmt: skip
+                {"feature_net": {"kind": "clip", "arch": "x"}}, judge2):  # fmt: skip
         cfg2 = copy.deepcopy(cfg)
         cfg2["t2i"].update(t2i)
         _, out = workflow.run("results/tables/t2i_unlearning.csv", "-n", cfg=cfg2)

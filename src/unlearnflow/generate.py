@@ -106,3 +106,76 @@ def generate_stage(inp: dict, out: dict, params: dict) -> None:
         rows.append(done.assign(set=name, dir=str(folder)))
     write_parquet(out["prompts"], pd.concat(rows, ignore_index=True))
     print(f"generated {sum(len(r) for r in rows)} images in {time.time() - t0:.1f} s")
+
+
+def compare_grid(images: dict[str, "torch.Tensor"], tables: dict[str, pd.DataFrame], upscale: int = 3):
+    """A PIL image: one row per prompt (the tables' order), one block of
+    columns per model with the same seeds, each picture over its judge label
+    (green: the prompt's concept, red: another one). ``images[m]`` holds model
+    m's pictures in the order of ``tables[m]`` (columns prompt, seed,
+    predicted, correct)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    models = list(tables)
+    first = tables[models[0]]
+    key = ["set", "prompt", "seed"]
+    for m in models[1:]:
+        if not first[key].equals(tables[m][key]):
+            raise UnlearnflowError(f"compare grid: {m!r} was generated from other prompts or seeds than {models[0]!r}")
+    prompts = list(dict.fromkeys(zip(first["set"], first["prompt"])))
+    seeds = list(dict.fromkeys(first["seed"]))
+    size = int(images[models[0]].shape[-1]) * upscale
+    font = ImageFont.load_default(size=11)
+    label_h, pad, gap, left = 14, 2, 10, 8
+    cell_w, cell_h = size + pad, size + label_h + pad
+    block_w = len(seeds) * cell_w + gap
+    head_h, prompt_h = 16, 14
+    width = left + len(models) * block_w
+    height = head_h + len(prompts) * (cell_h + prompt_h)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for b, m in enumerate(models):
+        draw.text((left + b * block_w, 2), m, fill="black", font=font)
+    where = {(s, p, int(seed)): i for i, (s, p, seed) in enumerate(zip(first["set"], first["prompt"], first["seed"]))}
+    for r, (pset, prompt) in enumerate(prompts):
+        y = head_h + r * (cell_h + prompt_h)
+        draw.text((left, y), f"[{pset}] {prompt}", fill="black", font=font)
+        y += prompt_h
+        for b, m in enumerate(models):
+            for c, seed in enumerate(seeds):
+                i = where.get((pset, prompt, int(seed)))
+                if i is None:
+                    continue
+                x = left + b * block_w + c * cell_w
+                pic = Image.fromarray(images[m][i].permute(1, 2, 0).numpy()).resize((size, size), Image.NEAREST)
+                canvas.paste(pic, (x, y))
+                row = tables[m].iloc[i]
+                label = ", ".join(json.loads(row["predicted"]).values())
+                draw.text((x, y + size + 1), label[:16], fill="#0a7d12" if row["correct"] else "#c0161c", font=font)
+    return canvas
+
+
+def compare_stage(inp: dict, out: dict, params: dict) -> None:
+    """Rule ``t2i_compare_grid``: base | methods side by side, judge labels."""
+    from .io import read_parquet
+    from .metrics.t2i_eval import load_generated
+
+    images, tables = {}, {}
+    for m, prompts_path, preds_path in zip(params["methods"], inp["prompts"], inp["predictions"]):
+        prompts = read_parquet(prompts_path)
+        preds = read_parquet(preds_path)
+        parts = []
+        for which in ("forget", "retain"):
+            img, rows = load_generated(prompts, which)
+            p = preds[preds["set"] == which].reset_index(drop=True)
+            if not p["file"].equals(rows["file"]):
+                raise UnlearnflowError(f"{preds_path}: its {which} rows do not match {prompts_path}; rerun evaluate_t2i")
+            parts.append((img, p))
+        import torch
+
+        images[m] = torch.cat([a for a, _ in parts])
+        tables[m] = pd.concat([b for _, b in parts], ignore_index=True)
+    grid = compare_grid(images, tables)
+    with atomic_path(out["png"]) as tmp:
+        grid.save(tmp, format="PNG")
+    print(f"wrote {out['png']}: {grid.width} x {grid.height} px, models {list(images)}")

@@ -117,17 +117,27 @@ def t2i_table_stage(inp: dict, out: dict, params: dict) -> None:
         records.append(r)
     df = t2i_table(records, params["costs"])
     nets = sorted(set(df["feature_net"].dropna()))
-    write_tables(df, out["csv"], out["md"], out["tex"],
-                 f"Text-to-image unlearning (FID / KID / IS / CLIP score in the feature space of {', '.join(nets)})")
+    judges = sorted({str(r.get("classifier")) for r in records})
+    if inp.get("judge"):
+        judge = read_json(inp["judge"])
+        stale = sorted({r["target"] + "/" + r["method"] for r in records if r.get("judge") not in (None, judge["name"])})
+        if stale:
+            raise InputFileError(inp["judge"], f"records {stale} were scored by another judge; rerun evaluate_t2i")
+    caption = (
+        f"Text-to-image unlearning (UA / IRA / CRA by the {'; '.join(judges)}; "
+        f"FID / KID / IS / CLIP score in the feature space of {', '.join(nets)})"
+    )
+    # the markdown opens with the caption too: it names the judge
+    write_tables(df, out["csv"], out["md"], out["tex"], caption, caption_in_md=True)
     write_provenance(out["provenance"], records, df)
     print(df.to_markdown(index=False, floatfmt=".2f"))
 
 
-def write_tables(df: pd.DataFrame, csv, md, tex, caption: str) -> None:
+def write_tables(df: pd.DataFrame, csv, md, tex, caption: str, caption_in_md: bool = False) -> None:
     with atomic_path(csv, suffix=".csv") as tmp:
         df.to_csv(tmp, index=False, float_format="%.2f")
     with atomic_path(md, suffix=".md") as tmp:
-        tmp.write_text(df.to_markdown(index=False, floatfmt=".2f") + "\n")
+        tmp.write_text((f"{caption}\n\n" if caption_in_md else "") + df.to_markdown(index=False, floatfmt=".2f") + "\n")
     with atomic_path(tex, suffix=".tex") as tmp:
         tmp.write_text(
             df.to_latex(index=False, float_format="%.2f", caption=caption, label="tab:" + Path(csv).stem, na_rep="--")

@@ -72,6 +72,8 @@ DEVICES = {
                 "unlearn_t2i",
                 "generate_t2i",
                 "evaluate_t2i",
+                "train_judge",
+                "import_judge",
             ],
         ),
         ("i2i", ["train_i2i", "unlearn_i2i", "evaluate_i2i"]),
@@ -451,7 +453,9 @@ def heavy_benchmarks(model=MODEL):
         for p in per_target
     ]
     clip = list(dict.fromkeys(clip))  # the shared retain pass once
-    return data + models + clip + i2i_benchmarks()
+    return list(
+        dict.fromkeys(data + models + clip + t2i_benchmarks() + i2i_benchmarks())
+    )
 
 
 def provenance_tables():
@@ -519,6 +523,32 @@ def t2i_eval_files(split):
     return files
 
 
+# The judge of generated pictures (metrics/judge.py): train_judge trains the
+# default on synthetic renders; import_judge scores a user's classifiers or
+# the CLIP. Either writes judge.json with the held-out accuracy.
+JUDGE = config["t2i"]["judge"]
+JUDGE_DIR = f"results/models/judge/{JUDGE['name']}"
+if T2I_TARGETS and JUDGE["kind"] == "train" and config["data"]["source"] != "synthetic":
+    raise ValueError(
+        "config t2i.judge.kind: train renders the synthetic benchmark's concepts, "
+        f"but data.source is {config['data']['source']!r}: give kind checkpoint "
+        "(t2i.judge.heads: a classifier per domain, e.g. UnlearnCanvas's) or clip"
+    )
+
+
+def judge_files():
+    files = {"judge": f"{JUDGE_DIR}/judge.json"}
+    if JUDGE["kind"] == "train":
+        files["judge_weights"] = f"{JUDGE_DIR}/judge.safetensors"
+    return files
+
+
+def judge_checkpoints():
+    """The user's classifier files (kind checkpoint), as inputs."""
+    heads = JUDGE["heads"] if JUDGE["kind"] == "checkpoint" else {}
+    return {"judge_source": [h["checkpoint"] for h in heads.values()]} if heads else {}
+
+
 def t2i_method_inputs(wildcards):
     t = wildcards.target
     needs = {
@@ -560,6 +590,9 @@ def t2i_outputs():
         method=["base"] + T2I_METHODS,
         pset=["forget", "retain"],
     )
+    grids += expand(
+        "results/generate/{t2i}/{target}/compare.png", t2i=T2I, target=T2I_TARGETS
+    )
     return (
         expand("results/tables/t2i_unlearning.{ext}", ext=["csv", "md", "tex"]) + grids
     )
@@ -577,6 +610,25 @@ def t2i_cost_files(target, method):
     if method == "salun":
         return [f"{b}/t2i_salun_masks/{T2I}/{target}.tsv"] + own
     return own
+
+
+def t2i_benchmarks():
+    """The heavy text-to-image jobs: model, judge, and per target what each
+    method's cost sums (t2i_cost_files), generation and scoring."""
+    if not T2I_TARGETS:
+        return []
+    b = "results/benchmarks"
+    make = "pretrain_t2i" if config["t2i"]["source"] == "train" else "export_t2i"
+    judge = "train_judge" if JUDGE["kind"] == "train" else "import_judge"
+    files = [f"{b}/{make}/{T2I}.tsv", f"{b}/{judge}/{JUDGE['name']}.tsv"]
+    for t in T2I_TARGETS:
+        files += [f for m in T2I_METHODS for f in t2i_cost_files(t, m)]
+        files += [
+            f"{b}/{stage}/{T2I}/{t}/{m}.tsv"
+            for stage in ("generate_t2i", "evaluate_t2i")
+            for m in ["base"] + T2I_METHODS
+        ]
+    return files
 
 
 # ---------------------------------------------------------- image-to-image

@@ -64,6 +64,72 @@ else:
             "../scripts/stage.py"
 
 
+if JUDGE["kind"] == "train":
+
+    rule train_judge:
+        input:
+            # the held-out accuracy is measured on the eval sets' test pictures
+            **t2i_eval_files("test"),
+        output:
+            info=f"{JUDGE_DIR}/judge.json",
+            weights=f"{JUDGE_DIR}/judge.safetensors",
+        log:
+            f"logs/train_judge/{JUDGE['name']}.log",
+        benchmark:
+            f"results/benchmarks/train_judge/{JUDGE['name']}.tsv"
+        priority: T2I_PRIORITY
+        conda:
+            "../../envs/torch.yaml"
+        threads: THREADS
+        resources:
+            mem_mb=3000,
+            runtime=30,
+            gpu=gpu_request("train_judge"),
+        params:
+            code=code_of("train_judge"),
+            name=JUDGE["name"],
+            synthetic=synthetic_concepts(),
+            train=JUDGE["train"],
+            min_accuracy=JUDGE["min_accuracy"],
+            seed=config["seeds"]["train"],
+            device=device_of("train_judge"),
+        script:
+            "../scripts/stage.py"
+
+else:
+
+    rule import_judge:
+        input:
+            **t2i_eval_files("test"),
+            **judge_checkpoints(),
+            clip_config=f"results/models/{MODEL}/open_clip_config.json",
+            clip_weights=f"results/models/{MODEL}/open_clip_model.safetensors",
+        output:
+            info=f"{JUDGE_DIR}/judge.json",
+        log:
+            f"logs/import_judge/{JUDGE['name']}.log",
+        benchmark:
+            f"results/benchmarks/import_judge/{JUDGE['name']}.tsv"
+        conda:
+            "../../envs/torch.yaml"
+        threads: THREADS
+        resources:
+            mem_mb=8000,
+            runtime=30,
+            gpu=gpu_request("import_judge"),
+        params:
+            code=code_of("import_judge"),
+            name=JUDGE["name"],
+            kind=JUDGE["kind"],
+            heads=JUDGE["heads"],
+            source_stamp=[
+                source_stamp(h["checkpoint"]) for h in JUDGE["heads"].values()
+            ],
+            device=device_of("import_judge"),
+        script:
+            "../scripts/stage.py"
+
+
 rule t2i_salun_masks:
     input:
         **t2i_model_files(),
@@ -193,12 +259,15 @@ rule evaluate_t2i:
         unpack(t2i_delta_inputs),
         **t2i_eval_files("test"),
         **feature_net_input(config["t2i"]["feature_net"]),
+        **judge_files(),
         model=t2i_model_files()["model"],
         prompts="results/generate/{t2i}/{target}/{method}/prompts.parquet",
         clip_config=f"results/models/{MODEL}/open_clip_config.json",
         clip_weights=f"results/models/{MODEL}/open_clip_model.safetensors",
     output:
         metrics="results/eval_t2i/{t2i}/{target}/{method}.json",
+        # the judge's label of every picture (the side-by-side grid prints it)
+        predictions="results/eval_t2i/{t2i}/{target}/{method}.predictions.parquet",
     log:
         "logs/evaluate_t2i/{t2i}/{target}/{method}.log",
     benchmark:
@@ -223,6 +292,37 @@ rule evaluate_t2i:
         "../scripts/stage.py"
 
 
+# Base | SLUG | SalUn side by side: the same prompts and seeds in a row,
+# the judge's label under each picture.
+rule t2i_compare_grid:
+    input:
+        prompts=expand(
+            "results/generate/{{t2i}}/{{target}}/{method}/prompts.parquet",
+            method=["base"] + T2I_METHODS,
+        ),
+        predictions=expand(
+            "results/eval_t2i/{{t2i}}/{{target}}/{method}.predictions.parquet",
+            method=["base"] + T2I_METHODS,
+        ),
+    output:
+        png=report(
+            "results/generate/{t2i}/{target}/compare.png",
+            caption="../report/t2i_compare.rst",
+            category="5. Text-to-image",
+            subcategory="{target}",
+            labels={"method": "all, side by side", "prompts": "forget, then retain"},
+        ),
+    log:
+        "logs/t2i_compare_grid/{t2i}/{target}.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        code=code_of("t2i_compare_grid"),
+        methods=["base"] + T2I_METHODS,
+    script:
+        "../scripts/stage.py"
+
+
 rule t2i_table:
     input:
         records=expand(
@@ -234,6 +334,7 @@ rule t2i_table:
         costs=[
             f for t in T2I_TARGETS for m in T2I_METHODS for f in t2i_cost_files(t, m)
         ],
+        judge=judge_files()["judge"],
     output:
         csv="results/tables/t2i_unlearning.csv",
         md="results/tables/t2i_unlearning.md",

@@ -339,9 +339,12 @@ EVAL_SETS = ("identities", "objects", "styles")
 
 
 def eval_samples(spec: SyntheticSpec, evalset: str, split: str, per_class: int):
-    """Labelled held-out samples for one evaluation set and split."""
+    """Labelled held-out samples for one evaluation set and split. Split
+    ``judge`` is the text-to-image judge's training stream (rule
+    train_judge): its own random stream, so neither the shards the models
+    train on nor the val / test pictures repeat in it."""
     looks = spec.looks
-    split_id = {"val": 1, "test": 2}[split]
+    split_id = {"val": 1, "test": 2, "judge": 3}[split]
     set_id = EVAL_SETS.index(evalset)
     if evalset == "identities":
         cells = [(i, name, None) for i, name in enumerate(spec.identities)]

@@ -1,4 +1,5 @@
-"""Scoring of generated images: UA / IRA / CRA by zero-shot classification,
+"""Scoring of generated images: UA / IRA / CRA by the judge of
+``t2i.judge`` (metrics/judge.py: an independent classifier by default),
 FID and KID against real images of the retained concepts, IS, CLIP score.
 
 - UA: 100 - accuracy of the forget prompts' images in the target's domain
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..io import UnlearnflowError, read_json, read_parquet, write_json
+from ..io import UnlearnflowError, read_json, read_parquet, write_json, write_parquet
 from . import images as im
 from .zeroshot import STYLE_TEMPLATES
 
@@ -51,19 +52,12 @@ def zero_shot(clip_bundle, images_u8: torch.Tensor, classes: list[str], template
 
 
 def accuracies(clip_bundle, images_u8: torch.Tensor, labels: list[dict], classes: dict[str, list[str]]) -> dict:
-    """{domain: per-image correctness (bool array or None)} for every domain
-    any label names."""
-    out = {}
-    for domain in sorted({d for lab in labels for d in lab}):
-        rows = [i for i, lab in enumerate(labels) if domain in lab]
-        names = classes[domain]
-        index = {n.lower(): k for k, n in enumerate(names)}
-        want = torch.tensor([index[labels[i][domain].lower()] for i in rows])
-        pred = zero_shot(clip_bundle, images_u8[rows], names, CLASSIFIER_TEMPLATES[domain])
-        correct = np.full(len(labels), np.nan)
-        correct[rows] = (pred == want).numpy().astype(float)
-        out[domain] = correct
-    return out
+    """{domain: per-image correctness (NaN where the label does not name the
+    domain)} under zero-shot classification with a CLIP (the SLUG search's
+    own criterion, never the judge of the table)."""
+    from .judge import clip_judge, correctness
+
+    return correctness(clip_judge(clip_bundle, classes), images_u8, labels)
 
 
 def _pct(values: np.ndarray) -> float:
@@ -100,29 +94,45 @@ def reference_images(eval_sets: dict, domain_labels: dict[str, set]) -> torch.Te
     return torch.stack(out)
 
 
-def evaluate_generations(prompts: pd.DataFrame, target: dict, clip_bundle, net: im.FeatureNet, eval_sets: dict) -> dict:
+def _domain_scores(acc: dict, domain: str) -> dict:
+    """UA / IRA / CRA from per-image correctness of the forget and retain sets."""
+    f_acc, r_acc = acc["forget"], acc["retain"]
+    cross = [v for d, v in r_acc.items() if d != domain]
+    return {
+        "ua": 100.0 - _pct(f_acc[domain]),
+        "ira": _pct(r_acc[domain]) if domain in r_acc else float("nan"),
+        "cra": _pct(np.concatenate(cross)) if cross else float("nan"),
+    }
+
+
+def evaluate_generations(prompts: pd.DataFrame, target: dict, judge, net: im.FeatureNet, eval_sets: dict, clip_bundle=None):
+    """(record, per-image predictions table). UA / IRA / CRA come from
+    ``judge``; with a CLIP bundle and a judge of another kind, the zero-shot
+    CLIP's view of the same pictures is recorded beside them (``ua_clip``...)."""
+    from .judge import clip_judge, correctness, predictions
+
     classes = {d: read_json(eval_sets[s]["classes"])["classes"] for d, s in EVAL_SET_OF.items() if s in eval_sets}
     domain = target["kind"]
-    f_img, f_rows = load_generated(prompts, "forget")
-    r_img, r_rows = load_generated(prompts, "retain")
-    f_labels = [json.loads(v) for v in f_rows["labels"]]
-    r_labels = [json.loads(v) for v in r_rows["labels"]]
-    f_acc = accuracies(clip_bundle, f_img, f_labels, classes)
-    r_acc = accuracies(clip_bundle, r_img, r_labels, classes)
-    cross = np.concatenate([v for d, v in r_acc.items() if d != domain]) if len(r_acc) > 1 or domain not in r_acc else np.array([])
+    sets = {w: load_generated(prompts, w) for w in ("forget", "retain")}
+    labels = {w: [json.loads(v) for v in rows["labels"]] for w, (_, rows) in sets.items()}
+    acc = {w: correctness(judge, img, labels[w]) for w, (img, _) in sets.items()}
+    record = _domain_scores(acc, domain)
+    if clip_bundle is not None and judge.kind != "clip":
+        zs = clip_judge(clip_bundle, classes)
+        zs_acc = {w: correctness(zs, img, labels[w]) for w, (img, _) in sets.items()}
+        record.update({f"{k}_clip": v for k, v in _domain_scores(zs_acc, domain).items()})
+    f_img, f_rows = sets["forget"]
+    r_img, r_rows = sets["retain"]
     # the primary label of a retain prompt: the first domain it names in IRA's order
     primary = {}
-    for lab in r_labels:
+    for lab in labels["retain"]:
         d = domain if domain in lab else sorted(lab)[0]
         primary.setdefault(d, set()).add(lab[d])
     ref = reference_images(eval_sets, primary)
     gen_feats, ref_feats = net.image_features(r_img), net.image_features(ref)
-    all_classes = [c for d in sorted({d for lab in r_labels for d in lab}) for c in classes[d]]
+    all_classes = [c for d in sorted({d for lab in labels["retain"] for d in lab}) for c in classes[d]]
     is_mean, is_std = im.inception_score(net.probs(r_img, all_classes), splits=10)
-    record = {
-        "ua": 100.0 - _pct(f_acc[domain]),
-        "ira": _pct(r_acc[domain]) if domain in r_acc else float("nan"),
-        "cra": _pct(cross),
+    record.update({
         "fid": im.fid(gen_feats, ref_feats),
         "kid": im.kid(gen_feats, ref_feats),
         "is": is_mean,
@@ -133,9 +143,20 @@ def evaluate_generations(prompts: pd.DataFrame, target: dict, clip_bundle, net: 
         "n_retain_images": int(len(r_img)),
         "n_reference_images": int(len(ref)),
         "feature_net": net.name,
-        "classifier": f"zero-shot {clip_bundle.model_dir.name}",
-    }
-    return record
+        "classifier": judge.describe(),
+        "judge": judge.name,
+        "judge_kind": judge.kind,
+        "judge_heldout": {d: v["accuracy"] for d, v in (judge.info.get("heldout") or {}).items()},
+    })
+    tables = []
+    for w, (img, rows) in sets.items():
+        pred = predictions(judge, img, labels[w])
+        correct = [
+            bool(acc[w][domain if domain in lab else sorted(lab)[0]][i] == 1.0) for i, lab in enumerate(labels[w])
+        ]
+        tables.append(rows[["set", "file", "prompt", "seed", "labels"]].assign(
+            predicted=[json.dumps(p, sort_keys=True) for p in pred], correct=correct))
+    return record, pd.concat(tables, ignore_index=True)
 
 
 def eval_sets_of(inp: dict, split: str = "test") -> dict:
@@ -162,11 +183,14 @@ def evaluate_stage(inp: dict, out: dict, params: dict) -> None:
 
     if params.get("threads"):
         torch.set_num_threads(int(params["threads"]))
+    from .judge import load_judge
+
     device = resolve_device(params.get("device", "auto"))
     clip_bundle = load_clip(Path(inp["clip_config"]).parent, device=device)
+    judge = load_judge(inp["judge"], device=device, clip_bundle=clip_bundle)
     net = feature_net_from(params, inp, device)
     prompts = read_parquet(inp["prompts"])
-    record = evaluate_generations(prompts, params["target"], clip_bundle, net, eval_sets_of(inp))
+    record, preds = evaluate_generations(prompts, params["target"], judge, net, eval_sets_of(inp), clip_bundle=clip_bundle)
     record.update(target=params["target"]["id"], method=params["method"])
     if inp.get("info"):
         record["method_seconds"] = read_json(inp["info"]).get("seconds")
@@ -182,5 +206,6 @@ def evaluate_stage(inp: dict, out: dict, params: dict) -> None:
         classifier=record["classifier"],
     )
     record = provenance.stamp(record, prov)
+    write_parquet(out["predictions"], preds)
     write_json(out["metrics"], record)
     print(json.dumps(record))
