@@ -1,0 +1,90 @@
+"""The default text-to-image model under several training settings, each
+judged like the DAG judges the base model.
+
+    .venv/bin/python scripts/t2i_generator_variants.py RUN \
+        [--variant NAME='{"steps": 1500}' ...] [--scheduler NAME='{"prediction_type": "epsilon"}'] \
+        [--out generator_variants.csv]
+
+RUN is a folder where the default DAG ran (its shards, CLIP, evaluation sets
+and judge are read; nothing there is written). For each variant (training
+params merged over config.yaml's ``t2i.train``; ``--scheduler`` adds
+overrides of the tiny scheduler for a variant of the same name): train the
+tiny UNet in a scratch folder, generate every default t2i target's forget
+and retain prompts with the evaluation seeds and sampler, and print the
+judge's accuracy per prompt set and domain, with the training seconds. What
+decided issue 17's generator (docs/fidelity.md item 12).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def main(argv=None) -> int:
+    import pandas as pd
+    import torch
+    import yaml
+
+    from unlearnflow.generate import prompt_sets
+    from unlearnflow.metrics.judge import correctness, load_judge
+    from unlearnflow.models import diffusion as D
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--variant", action="append", default=[], help="NAME=JSON training params over config.yaml's")
+    ap.add_argument("--scheduler", action="append", default=[], help="NAME=JSON tiny-scheduler overrides of variant NAME")
+    ap.add_argument("--out", type=Path, default=Path("generator_variants.csv"))
+    args = ap.parse_args(argv)
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    res = args.run / "results"
+    torch.set_num_threads(1)
+    variants = dict(v.split("=", 1) for v in args.variant) or {"config": "{}"}
+    scheds = dict(v.split("=", 1) for v in args.scheduler)
+    syn = cfg["data"]["synthetic"]
+    concepts = {k: syn[k] for k in ("identities", "objects", "styles")}
+    judge = load_judge(res / "models/judge" / cfg["t2i"]["judge"].get("name", "tiny_judge") / "judge.json")
+    sampling = cfg["t2i"]["sampling"]
+    rows = []
+    base_sched = dict(D.TINY_SCHEDULER)
+    for name, over in variants.items():
+        train = {**cfg["t2i"]["train"], **json.loads(over)}
+        D.TINY_SCHEDULER.clear()
+        D.TINY_SCHEDULER.update({**base_sched, **json.loads(scheds.get(name, "{}"))})
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.time()
+            info = D.train_tiny_t2i(
+                [res / f"data/laion/{s}.tar" for s in cfg["data"]["shards"]], res / "models" / cfg["clip"]["name"], Path(tmp) / "m",
+                unet_cfg={**D.TINY_UNET, **(cfg["t2i"].get("unet_cfg") or {})}, seed=cfg["seeds"]["train"], threads=1,
+                **{k: train[k] for k in ("steps", "batch_size", "lr", "warmup_steps", "cond_dropout")},
+            )  # fmt: skip
+            row = {"variant": name, "train_s": round(time.time() - t0, 1), "final_loss": info["train"]["final_loss"]}
+            bundle = D.load_t2i(Path(tmp) / "m")
+            for target in cfg["t2i"]["targets"]:
+                for which, table in prompt_sets(target, concepts, seeds=list(sampling["seeds"])).items():
+                    img = D.generate(bundle, list(table["prompt"]), [int(s) for s in table["seed"]],
+                                     steps=int(sampling["steps"]), guidance=float(sampling["guidance"]))  # fmt: skip
+                    acc = correctness(judge, img, [json.loads(v) for v in table["labels"]])
+                    for domain, v in acc.items():
+                        row[f"{target['id']}/{which}/{domain}"] = round(100 * float(pd.Series(v).dropna().mean()), 1)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    D.TINY_SCHEDULER.clear()
+    D.TINY_SCHEDULER.update(base_sched)
+    df = pd.DataFrame(rows)
+    df.to_csv(args.out, index=False)
+    print(df.to_markdown(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
