@@ -173,3 +173,26 @@ def test_compare_grid_puts_models_side_by_side_and_refuses_other_prompts():
     assert (px == 0).all(-1).sum() >= 4 * 24 * 24 and (px == 200).all(-1).sum() >= 4 * 24 * 24
     with pytest.raises(UnlearnflowError, match="'slug' was generated from other prompts"):
         compare_grid(imgs, {"base": rows, "slug": rows.assign(seed=[0, 1, 0, 2])})
+
+
+def test_clip_judge_is_scored_and_needs_the_clip(eval_inputs, tmp_path):
+    """kind clip: the zero-shot CLIP as judge, scored held out like the others."""
+    import open_clip
+
+    from unlearnflow.models.clip import load_clip, save_clip, tiny_config
+
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    clip_dir = tmp_path / "clip"
+    save_clip(open_clip.CLIP(**cfg).eval(), cfg, clip_dir, {"source": "test"})
+    out = {"info": tmp_path / "judge.json"}
+    J.import_stage({**eval_inputs, "clip_config": str(clip_dir / "open_clip_config.json")}, out,
+                   {"name": "zs", "kind": "clip", "device": "cpu"})  # fmt: skip
+    info = json.loads(out["info"].read_text())
+    assert info["kind"] == "clip" and set(info["heldout"]) == {"identity", "object", "style"}
+    with pytest.raises(UnlearnflowError, match="needs the CLIP"):
+        J.load_judge(out["info"])
+    judge = J.load_judge(out["info"], clip_bundle=load_clip(clip_dir))
+    images, names = J.heldout_images(J._eval_sets(eval_inputs), "style")
+    acc = 100 * float((judge.predict(images, "style") == judge.index_of("style", names)).float().mean())
+    assert acc == pytest.approx(info["heldout"]["style"]["accuracy"], abs=0.01)

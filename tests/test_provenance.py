@@ -210,7 +210,10 @@ def test_every_rule_has_a_stage_and_every_stage_a_rule(tmp_path):
     rules = set()
     variants = [
         {},
-        {"data": {"source": "laion", "shards": ["00000"], "laion": {"metadata_url": "http://127.0.0.1:9/x.parquet"}}},
+        # real data: the trained judge renders synthetic concepts, so a real
+        # run names a judge (a checkpoint, or the CLIP)
+        {"data": {"source": "laion", "shards": ["00000"], "laion": {"metadata_url": "http://127.0.0.1:9/x.parquet"}},
+         "t2i": {"judge": {"kind": "clip"}}},  # fmt: skip
         {"clip": {"source": "open_clip", "arch": "ViT-B-32", "pretrained": "laion400m_e32"}},
         {"t2i": {"source": "pretrained", "pretrained": "org/model", "targets": []}},
         {"i2i": {"source": "checkpoint", "checkpoint": "x.pth", "run_methods": []}},
@@ -225,6 +228,21 @@ def test_every_rule_has_a_stage_and_every_stage_a_rule(tmp_path):
         out = snakemake(d, cfg, "--list-rules")
         rules |= {line.strip() for line in out.splitlines() if re.fullmatch(r"\w+", line.strip())}
     assert rules - {"all", "data"} == set(STAGES)
+
+
+def test_real_data_with_the_synthetic_judge_is_refused(tmp_path):
+    """The trained judge knows only the synthetic concepts: on LAION data it
+    would score real pictures against renders, so the DAG refuses to build."""
+    import yaml
+
+    cfg = with_branches(small_config())
+    cfg["data"] = {**cfg["data"], "source": "laion", "shards": ["00000"], "laion": {"metadata_url": "http://127.0.0.1:9/x.parquet"}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    proc = subprocess.run([str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+                           "--configfile", str(tmp_path / "config.yaml"), "-n"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "t2i.judge.kind: train" in out and "data.source is 'laion'" in out, out[-2000:]
 
 
 def resources_by_rule(out: str) -> dict[str, set]:
@@ -243,8 +261,8 @@ def test_every_torch_rule_asks_for_a_gpu_on_cuda_and_none_on_cpu(tmp_path):
         cfg.setdefault(branch, {})["device"] = "cuda"
     gpus = resources_by_rule(snakemake(tmp_path, cfg, "-n", "--cores", "2"))
     torch_rules = {"pretrain_clip", "clip_gradients", "unlearn_clip", "evaluate_clip", "pretrain_t2i",
-                   "t2i_salun_masks", "unlearn_t2i", "generate_t2i", "evaluate_t2i", "train_i2i",
-                   "unlearn_i2i", "evaluate_i2i"}  # fmt: skip
+                   "t2i_salun_masks", "unlearn_t2i", "generate_t2i", "evaluate_t2i", "train_judge",
+                   "train_i2i", "unlearn_i2i", "evaluate_i2i"}  # fmt: skip
     assert {r for r, v in gpus.items() if v == {1}} == torch_rules
     assert all(v == {None} for r, v in gpus.items() if r not in torch_rules), gpus
     for branch in ("clip", "t2i", "i2i"):

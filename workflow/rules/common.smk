@@ -494,7 +494,8 @@ T2I_PRIORITY = 10
 T2I_METHODS = list(config["t2i"]["run_methods"])
 if T2I_TARGETS:
     REPORT_TABLES["t2i_unlearning"] = (
-        "Text-to-image unlearning (UA / IRA / CRA %, FID / KID / IS / CLIP score)"
+        "Text-to-image unlearning (UA / IRA / CRA % by the judge, "
+        "FID / KID / IS / CLIP score)"
     )
 
 
