@@ -9,6 +9,7 @@ import json
 import pandas as pd
 import pytest
 import torch
+import torchvision
 
 from conftest import small_config
 from unlearnflow.io import InputFileError, UnlearnflowError, load_tensors
@@ -361,12 +362,17 @@ def test_the_i2i_branch_of_the_dag_end_to_end(workflow, tmp_path_factory):
     workflow.run(*targets, cfg=cfg)
     res = workflow.workdir / "results"
     df = pd.read_csv(res / "tables/i2i_unlearning.csv")
-    assert list(df.columns) == ["method", "task", "fid_forget", "is_forget", "clip_forget", "fid_retain", "is_retain", "clip_retain", "seconds", "provenance"]
+    per_split = ["fid", "is", "clip", "ssim", "psnr", "lpips"]
+    assert list(df.columns) == ["method", "task", *(f"{m}_{s}" for s in ("forget", "retain") for m in per_split), "seconds", "provenance"]
     assert df["method"].tolist() == ["original", "li"] * 3
     assert df["task"].tolist() == ["inpaint_1_4"] * 2 + ["inpaint_1_2"] * 2 + ["outpaint"] * 2
-    values = df.drop(columns=["method", "task", "seconds", "provenance"])
+    # LPIPS is off by default (its backbone needs a download): empty, and the caption says so
+    assert df[["lpips_forget", "lpips_retain"]].isna().all().all()
+    assert "LPIPS is off" in (res / "tables/i2i_unlearning.md").read_text()
+    values = df.drop(columns=["method", "task", "seconds", "provenance", "lpips_forget", "lpips_retain"])
     assert values.notna().all().all() and (df.loc[df.method == "li", "seconds"] > 0).all()
     assert df["clip_forget"].between(-1, 1).all() and (df["is_forget"] >= 1 - 1e-9).all()
+    assert df["ssim_forget"].between(-1, 1).all() and df["psnr_retain"].between(5, 60).all()
     fid_is = pd.read_csv(res / "tables/i2i_fid_is.csv")
     assert list(fid_is.columns) == ["checkpoint", "FID_R", "ISmean_R", "ISstd_R", "FID_F", "ISmean_F", "ISstd_F"]
     assert fid_is["checkpoint"].tolist()[:2] == ["tiny_i2i/original/center_0.25_", "tiny_i2i/original/center_0.5_"]
@@ -407,3 +413,19 @@ def test_the_i2i_branch_of_the_dag_end_to_end(workflow, tmp_path_factory):
         assert counts.get("evaluate_i2i") == 2 and "unlearn_i2i" not in counts, (key, counts)
     _, out = workflow.run(*targets, "-n", cfg=cfg | {"seeds": {"eval": 1}})
     assert job_counts(out) == {"i2i_tsne": 1}
+
+    # LPIPS on a local backbone file (a stand-in: torchvision's AlexNet
+    # weights cannot be fetched here): only the evaluations and tables rerun
+    torch.manual_seed(0)
+    backbone = tmp_path_factory.mktemp("lpips") / "alexnet.pth"
+    torch.save(torchvision.models.alexnet().state_dict(), backbone)
+    cfg4 = copy.deepcopy(cfg)
+    cfg4["i2i"]["eval"]["lpips"] = {"enabled": True, "backbone": str(backbone)}
+    _, out = workflow.run(*targets, cfg=cfg4)
+    assert job_counts(out) == {"evaluate_i2i": 2, "i2i_table": 1, "i2i_tsne": 1}
+    df4 = pd.read_csv(res / "tables/i2i_unlearning.csv")
+    assert df4[["lpips_forget", "lpips_retain"]].notna().all().all() and (df4["lpips_forget"] > 0).all()
+    assert df4[["ssim_forget", "psnr_forget"]].equals(df[["ssim_forget", "psnr_forget"]])  # LPIPS changes nothing else
+    record = json.loads((res / "eval_i2i/tiny_i2i/li.json").read_text())
+    assert record["lpips_network"].startswith("lpips-alex (backbone alexnet.pth, sha256 ")
+    assert "LPIPS (alex backbone)" in (res / "tables/i2i_unlearning.md").read_text()

@@ -88,10 +88,22 @@ def run_stage(name: str, inp: dict, out: dict, params: dict) -> None:
 # handle): timm imports wandb (~0.8 CPU-s) only to offer logging to it
 # (img2dataset needs it to import at all); open_clip imports transformers
 # (~0.5 CPU-s) for Hugging Face text towers, which only the diffusion
-# pipelines' text encoders and an open_clip model with `hf_model_name` use.
+# pipelines' text encoders and an open_clip model with `hf_model_name` use
+# (and torchmetrics, whose package import pulls in its BERT score: the
+# image-to-image evaluation's SSIM / PSNR / LPIPS).
 WANDB_RULES = frozenset({"laion_images"})
 TRANSFORMERS_RULES = frozenset(
-    {"export_clip", "pretrain_t2i", "export_t2i", "t2i_salun_masks", "unlearn_t2i", "generate_t2i", "evaluate_t2i"}
+    {
+        "export_clip",
+        "pretrain_t2i",
+        "export_t2i",
+        "t2i_salun_masks",
+        "unlearn_t2i",
+        "generate_t2i",
+        "evaluate_t2i",
+        "evaluate_i2i",
+        "attack_t2i",
+    }
 )
 
 

@@ -711,6 +711,25 @@ def i2i_feature_inputs():
     }
 
 
+def lpips_input():
+    """The local LPIPS backbone file, when LPIPS is on and one is given."""
+    lp = I2I["eval"]["lpips"]
+    return {"lpips_backbone": lp["backbone"]} if lp["enabled"] and lp["backbone"] else {}
+
+
+def i2i_caption():
+    lp = I2I["eval"]["lpips"]
+    lpips = (
+        f"LPIPS ({lp['net']} backbone)"
+        if lp["enabled"]
+        else "LPIPS is off (i2i.eval.lpips.enabled: its backbone weights need a download or a local file), so its columns are empty"
+    )
+    return (
+        "Image-to-image unlearning: FID, IS and CLIP cosine of the outputs per split (forget, retain) "
+        f"and task, SSIM / PSNR (dB) of each output against its ground truth, {lpips}; and each method's seconds."
+    )
+
+
 def i2i_tsne_method():
     m = I2I["eval"]["tsne_method"]
     return m if m in I2I_METHODS or not I2I_METHODS else I2I_METHODS[0]

@@ -152,6 +152,7 @@ rule evaluate_i2i:
         **i2i_model_files(),
         **i2i_feature_inputs(),
         **feature_net_input(I2I["eval"]["features"]),
+        **lpips_input(),
         test_forget="results/data/i2i/test_forget.tar",
         test_retain="results/data/i2i/test_retain.tar",
         classes="results/data/i2i/classes.json",
@@ -185,6 +186,7 @@ rule evaluate_i2i:
         features=I2I["eval"]["features"],
         fid_network=I2I["eval"]["fid_network"],
         composite=I2I["eval"]["composite"],
+        lpips=I2I["eval"]["lpips"],
         is_splits=I2I["eval"]["is_splits"],
         batch_size=I2I["eval"]["batch_size"],
         grid=I2I["eval"]["grid"],
@@ -227,7 +229,7 @@ rule i2i_table:
         code=code_of("i2i_table"),
         tasks=I2I["tasks"],
         model=I2I_MODEL,
-        caption="Image-to-image unlearning: FID, IS and CLIP cosine of the outputs per split (forget, retain) and task, and each method's seconds.",
+        caption=i2i_caption(),
     script:
         "../scripts/stage.py"
 

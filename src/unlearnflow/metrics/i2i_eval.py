@@ -11,7 +11,11 @@ report them:
   probabilities from the feature network (zero-shot over the object names
   for a CLIP tower, Inception's softmax otherwise);
 - CLIP: the mean cosine between each output and its own ground truth in a
-  CLIP image tower.
+  CLIP image tower;
+- SSIM and PSNR of each output against its own ground truth (torchmetrics),
+  and LPIPS (torchmetrics' linear heads on an AlexNet / VGG backbone) when
+  ``lpips.enabled``: its backbone's ImageNet weights are torchvision's
+  (downloaded on first use) or a local file; off, the table says so.
 
 Scorers are the shared ones of :mod:`unlearnflow.metrics.images`; the
 embedded default scores everything in the tiny CLIP's image tower (its name
@@ -37,7 +41,12 @@ import pandas as pd
 from ..io import UnlearnflowError, atomic_path, load_tensors, read_json, save_tensors, write_json
 
 SPLITS = ("forget", "retain")
-TABLE_COLUMNS = ["method", "task", "fid_forget", "is_forget", "clip_forget", "fid_retain", "is_retain", "clip_retain", "seconds", "provenance"]
+PAIRED = ("ssim", "psnr", "lpips")  # each output against its own ground truth
+TABLE_COLUMNS = [
+    "method", "task",
+    *(f"{m}_{s}" for s in SPLITS for m in ("fid", "is", "clip", *PAIRED)),
+    "seconds", "provenance",
+]  # fmt: skip
 FID_IS_COLUMNS = ["checkpoint", "FID_R", "ISmean_R", "ISstd_R", "FID_F", "ISmean_F", "ISstd_F"]
 CLIP_COLUMNS = ["checkpoint", "CLIP_R", "CLIP_F"]
 
@@ -60,13 +69,14 @@ def grid_indices(n: int, k: int) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, n - 1, min(k, n))})
 
 
-def evaluate(model, sets: dict, tasks, net, fid_net, class_names, *, is_splits=10, composite=False, batch_size=128, grid=8):
-    """Score one model. ``sets``: {split: uint8 ground truth}. Returns
-    (rows, {task/split: CLIP features of the outputs}, grid rows)."""
+def evaluate(model, sets: dict, tasks, net, fid_net, class_names, *, is_splits=10, composite=False, batch_size=128, grid=8, lpips=None):
+    """Score one model. ``sets``: {split: uint8 ground truth}; ``lpips``: an
+    :class:`~.images.LPIPSNet` or None (the rows' lpips is then NaN).
+    Returns (rows, {task/split: CLIP features of the outputs}, grid rows)."""
     import torch
 
     from ..models.i2i import batch_mask, hide, run_task, to_float, to_uint8
-    from .images import fid, inception_score, paired_cosine
+    from .images import fid, inception_score, paired_cosine, ssim_psnr
 
     rows, embeddings, grid_rows = [], {}, []
     gt_clip = {s: net.image_features(x) for s, x in sets.items()}
@@ -87,6 +97,8 @@ def evaluate(model, sets: dict, tasks, net, fid_net, class_names, *, is_splits=1
                     "is_mean": is_mean,
                     "is_std": is_std,
                     "clip": paired_cosine(f_clip, gt_clip[split]),
+                    **ssim_psnr(out, gt),
+                    "lpips": float("nan") if lpips is None else lpips(out, gt),
                     "n": len(gt),
                 }
             )
@@ -104,7 +116,7 @@ def evaluate_stage(inp: dict, out: dict, params: dict) -> None:
     from .. import provenance
     from ..models.clip import resolve_device
     from ..models.i2i import load_i2i, load_images, model_fingerprint, parse_tasks
-    from .images import image_grid
+    from .images import image_grid, lpips_net
 
     if params.get("threads"):
         torch.set_num_threads(int(params["threads"]))
@@ -115,6 +127,8 @@ def evaluate_stage(inp: dict, out: dict, params: dict) -> None:
     sets = {s: load_images(inp[f"test_{s}"], model.image_size)[0] for s in SPLITS}
     net, fid_net = feature_nets(params, inp, dev)
     classes = read_json(inp["classes"])["classes"]
+    lp = params.get("lpips") or {}
+    lpips = lpips_net(lp.get("net", "alex"), inp.get("lpips_backbone"), dev) if lp.get("enabled") else None
     rows, embeddings, grid_rows = evaluate(
         model,
         sets,
@@ -126,6 +140,7 @@ def evaluate_stage(inp: dict, out: dict, params: dict) -> None:
         composite=bool(params.get("composite", False)),
         batch_size=int(params.get("batch_size", 128)),
         grid=int(params.get("grid", 8)),
+        lpips=lpips,
     )
     method = "original" if params["method"] == "base" else params["method"]
     record = {
@@ -135,6 +150,7 @@ def evaluate_stage(inp: dict, out: dict, params: dict) -> None:
         "delta": inp.get("delta"),
         "features": net.name,
         "fid_network": fid_net.name,
+        "lpips_network": None if lpips is None else lpips.name,
         "composite": bool(params.get("composite", False)),
         "images": {s: len(x) for s, x in sets.items()},
         "rows": rows,
@@ -143,7 +159,12 @@ def evaluate_stage(inp: dict, out: dict, params: dict) -> None:
         model_fingerprint=record["base_fingerprint"],
         delta=inp.get("delta"),
         seeds={"train": provenance.train_seed(read_json(inp["info"]))},
-        feature_net={"features": net.name, "fid_network": fid_net.name, **(params.get("features") or {})},
+        feature_net={
+            "features": net.name,
+            "fid_network": fid_net.name,
+            "lpips_network": record["lpips_network"],
+            **(params.get("features") or {}),
+        },
     )
     record = provenance.stamp(record, prov)
     save_tensors(out["embeddings"], embeddings, {"format": "unlearnflow.i2i_embeddings/1", "method": method, "features": net.name})
@@ -169,6 +190,8 @@ def i2i_table(records: list[dict], seconds: dict) -> pd.DataFrame:
             row = {"method": r["method"], "task": task}
             for s in SPLITS:
                 row |= {f"fid_{s}": splits[s]["fid"], f"is_{s}": splits[s]["is_mean"], f"clip_{s}": splits[s]["clip"]}
+                # records from before SSIM / PSNR / LPIPS: NaN, never a made-up value
+                row |= {f"{m}_{s}": splits[s].get(m, float("nan")) for m in PAIRED}
             row["seconds"] = seconds.get(r["method"], float("nan"))
             row["provenance"] = r.get("provenance_id")
             rows.append(row)
@@ -212,7 +235,7 @@ def table_stage(inp: dict, out: dict, params: dict) -> None:
     for path in bench:  # results/benchmarks/unlearn_i2i/{model}/{method}.tsv
         seconds[Path(path).stem] = read_benchmark(path)["seconds"]
     df = i2i_table(records, seconds)
-    write_tables(df, out["csv"], out["md"], out["tex"], params.get("caption", "Image-to-image unlearning"))
+    write_tables(df, out["csv"], out["md"], out["tex"], params.get("caption", "Image-to-image unlearning"), caption_in_md=True)
     write_provenance(out["provenance"], records, df)
     fid_is, clip = reference_tables(records, params["tasks"], params["model"])
     for frame, key in ((fid_is, "fid_is"), (clip, "clip_cosine")):

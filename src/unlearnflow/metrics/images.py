@@ -301,6 +301,97 @@ def clip_score(net: FeatureNet, images_u8: torch.Tensor, prompts: Sequence[str])
     return float(100.0 * np.maximum((img * txt).sum(axis=1), 0.0).mean())
 
 
+# ------------------------------------------------- paired pixel metrics
+def _paired(out_u8: torch.Tensor, gt_u8: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_images(out_u8)
+    if out_u8.shape != gt_u8.shape:
+        raise UnlearnflowError(f"{what}: outputs {tuple(out_u8.shape)} and ground truth {tuple(gt_u8.shape)} differ in shape")
+    return out_u8.float() / 255.0, gt_u8.float() / 255.0
+
+
+@torch.no_grad()
+def ssim_psnr(out_u8: torch.Tensor, gt_u8: torch.Tensor) -> dict:
+    """Mean SSIM and PSNR (dB) of each output against its own ground truth,
+    both from torchmetrics on [0, 1] images (data range 1): SSIM with its
+    11-pixel Gaussian window, PSNR per image (then averaged, so one perfect
+    picture cannot make the mean infinite; an exact copy is capped at 100 dB)."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    a, b = _paired(out_u8, gt_u8, "SSIM / PSNR")
+    ssim = structural_similarity_index_measure(a, b, data_range=1.0, reduction="none")
+    psnr = peak_signal_noise_ratio(a, b, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    return {"ssim": float(ssim.mean()), "psnr": float(psnr.clamp(max=100.0).mean())}
+
+
+@dataclass
+class LPIPSNet:
+    """LPIPS (Zhang et al., 2018) through torchmetrics: its bundled linear
+    heads on an ImageNet backbone (alex, the paper's default, or vgg). ``name`` says which
+    backbone weights were used (torchvision's, or a local file and its
+    sha256), since LPIPS from other weights is another metric."""
+
+    name: str
+    net: torch.nn.Module
+    device: torch.device
+    batch_size: int = 128
+
+    @torch.no_grad()
+    def __call__(self, out_u8: torch.Tensor, gt_u8: torch.Tensor) -> float:
+        a, b = _paired(out_u8, gt_u8, "LPIPS")
+        dists = [
+            self.net(a[i : i + self.batch_size].to(self.device), b[i : i + self.batch_size].to(self.device), normalize=True).flatten().cpu()
+            for i in range(0, len(a), self.batch_size)
+        ]
+        return float(torch.cat(dists).mean())
+
+
+def lpips_net(net: str = "alex", backbone: str | None = None, device="cpu") -> LPIPSNet:
+    """The LPIPS network. ``backbone``: a local torchvision state dict of the
+    backbone (``torchvision.models.alexnet().state_dict()``, say), or None
+    for torchvision's ImageNet weights, downloaded to the torch hub cache on
+    first use (as clean-fid fetches its Inception)."""
+    from torchmetrics.functional.image.lpips import _LPIPS
+
+    from ..io import sha256_file
+
+    if net not in ("alex", "vgg"):
+        raise UnlearnflowError(f"LPIPS net {net!r}: alex or vgg (i2i.eval.lpips.net)")
+    device = torch.device(device)
+    if backbone is None:
+        model, name = _LPIPS(pretrained=True, net=net), f"lpips-{net} (torchvision ImageNet backbone)"
+    else:
+        path = Path(backbone)
+        if not path.is_file():
+            raise InputFileError(path, "LPIPS backbone weights: no such file (i2i.eval.lpips.backbone)")
+        model = _LPIPS(pretrained=True, net=net, pnet_rand=True)  # the linear heads from torchmetrics, no download
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file
+            raise InputFileError(path, f"not a torch state dict ({exc})") from exc
+        # torchmetrics splits torchvision's `features` into slices keeping
+        # each layer's index: features.{i}.* -> slice{k}.{i}.*
+        slice_of = {
+            name.split(".")[1]: name.split(".")[0]
+            for name, _ in model.net.named_modules()
+            if name.startswith("slice") and name.count(".") == 1
+        }
+        picked = {}
+        for key, value in state.items():
+            parts = key.split(".", 2)
+            if len(parts) == 3 and parts[0] == "features" and parts[1] in slice_of:
+                picked[f"{slice_of[parts[1]]}.{parts[1]}.{parts[2]}"] = value
+        want = set(model.net.state_dict())
+        missing = sorted(want - set(picked))
+        if missing:
+            raise InputFileError(path, f"not a torchvision {net} state dict: lacks {missing[:4]} (of {len(missing)})")
+        try:
+            model.net.load_state_dict(picked)
+        except RuntimeError as exc:  # shapes of another architecture
+            raise InputFileError(path, f"not a torchvision {net} state dict ({exc})") from exc
+        name = f"lpips-{net} (backbone {path.name}, sha256 {sha256_file(path)[:12]})"
+    return LPIPSNet(name=name, net=model.eval().to(device), device=device)
+
+
 # ------------------------------------------------------------- image files
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """Float images in [0, 1] -> uint8 (rounding, clamped)."""
