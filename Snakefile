@@ -36,6 +36,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/t2i.smk"
 include: "workflow/rules/i2i.smk"
+include: "workflow/rules/attacks.smk"
 
 
 # Cheap rules never go to a cluster queue.
@@ -52,6 +53,7 @@ localrules:
     t2i_compare_grid,
     i2i_table,
     i2i_tsne,
+    robustness_table,
 
 
 rule all:
@@ -61,6 +63,7 @@ rule all:
         clip_outputs(),
         t2i_outputs(),
         i2i_outputs(),
+        robustness_outputs(),
         costs_outputs(),
         table_views(),
         "results/provenance.json",

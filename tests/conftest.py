@@ -87,6 +87,9 @@ def small_config(**sections) -> dict:
         "i2i": {"run_methods": []},
         # likewise the text-to-image branch (config.yaml's targets); tests/test_t2i.py turns it on
         "t2i": {"targets": []},
+        # the attacks run where a test asks for results/tables/robustness.csv
+        # (tests/test_attacks.py, tests/test_t2i.py), not in every `all`
+        "attacks": {"in_all": False},
     }
     del cfg["data"]["synthetic"]["seed"]
     for key, value in sections.items():

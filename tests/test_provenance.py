@@ -256,13 +256,14 @@ def resources_by_rule(out: str) -> dict[str, set]:
 
 
 def test_every_torch_rule_asks_for_a_gpu_on_cuda_and_none_on_cpu(tmp_path):
-    cfg = with_branches(small_config())
+    cfg = with_branches(small_config()) | {"attacks": {"in_all": True}}
     for branch in ("clip", "t2i", "i2i"):
         cfg.setdefault(branch, {})["device"] = "cuda"
     gpus = resources_by_rule(snakemake(tmp_path, cfg, "-n", "--cores", "2"))
     torch_rules = {"pretrain_clip", "clip_gradients", "unlearn_clip", "evaluate_clip", "pretrain_t2i",
                    "t2i_salun_masks", "unlearn_t2i", "generate_t2i", "evaluate_t2i", "train_judge",
-                   "train_i2i", "unlearn_i2i", "evaluate_i2i"}  # fmt: skip
+                   "train_i2i", "unlearn_i2i", "evaluate_i2i",
+                   "attack_clip", "relearn_clip", "attack_t2i", "relearn_t2i"}  # fmt: skip
     assert {r for r, v in gpus.items() if v == {1}} == torch_rules
     assert all(v == {None} for r, v in gpus.items() if r not in torch_rules), gpus
     for branch in ("clip", "t2i", "i2i"):

@@ -52,7 +52,9 @@ def test_jobs_that_need_them_keep_them(tmp_path):
     assert blocked("laion_images", {}, {}) == ["transformers"]  # img2dataset needs wandb to import
     assert blocked("evaluate_clip", {"config": str(hf)}, {}) == ["wandb"]  # a Hugging Face text tower
     assert blocked("pretrain_clip", {}, {"model_cfg": {"text_cfg": {"hf_model_name": "x"}}}) == ["wandb"]
-    assert blocked("evaluate_i2i", {"features": [str(plain)]}, {}) == ["wandb", "transformers"]
+    assert blocked("evaluate_clip", {"config": str(plain)}, {}) == ["wandb", "transformers"]
+    # torchmetrics (SSIM / PSNR / LPIPS) imports transformers with its package
+    assert blocked("evaluate_i2i", {"features": [str(plain)]}, {}) == ["wandb"]
 
 
 def test_stage_log_times_the_imports_of_the_stage(tmp_path):

@@ -417,6 +417,31 @@ def test_t2i_dag_end_to_end(workflow):
         counts = job_counts(out)
         assert counts.get("evaluate_t2i") == 3 and not {"unlearn_t2i", "t2i_salun_masks", "pretrain_t2i"} & set(counts), (t2i, counts)
 
+    # the robustness table: every attack on every model of both families
+    cfg_att = copy.deepcopy(cfg)
+    cfg_att["attacks"] = {
+        "clip": {"soft_prompt": {"steps": 5}, "relearn": {"steps": 2, "eval_at": [0, 2]}},
+        "t2i": {"prompt_search": {"iterations": 1, "timesteps": 2},
+                "relearn": {"steps": 2, "pairs": 4, "batch_size": 2, "eval_at": [0, 2]}},
+    }  # fmt: skip
+    workflow.run("results/tables/robustness.csv", cfg=cfg_att, timeout=1200)
+    rob = pd.read_csv(res / "tables/robustness.csv")
+    t2i_rows = rob[rob.family == "t2i"]
+    assert t2i_rows["method"].tolist() == ["original"] * 3 + ["salun"] * 3 + ["slug"] * 3
+    assert t2i_rows["attack"].tolist() == ["paraphrase", "relearn", "prompt_search"] * 3  # first seen in the CLIP rows first
+    assert set(rob.loc[rob.family == "clip", "method"]) == {"original", "slug"}
+    # before: the unattacked ASR, 100 - UA of the t2i table (relearning's step 0 too)
+    ua = table.set_index("method")["ua"]
+    for _, r in t2i_rows.iterrows():
+        assert r["before"] == pytest.approx(100 - ua[r["method"]], abs=0.01), r.to_dict()
+    search = t2i_rows[t2i_rows.attack == "prompt_search"]
+    assert (search["after"] >= search["before"]).all()  # post-attack ASR counts the pre-attack successes
+    found = pd.read_parquet(res / "attacks/t2i/tiny_t2i/mira_castell/slug.prompts.parquet")
+    assert list(found.columns) == ["prompt", "seed", "success", "step", "adversarial_tokens", "adversarial_prompt", "text_roundtrip"]
+    forget_rows = prompts[prompts["set"] == "forget"].reset_index(drop=True)
+    assert found[["prompt", "seed"]].equals(forget_rows[["prompt", "seed"]])  # in the forget prompts' order
+    assert (res / "attacks/t2i/tiny_t2i/mira_castell/slug.grid.png").stat().st_size > 100
+
 
 @pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
 def test_sampler_recovers_a_one_point_distribution(prediction):
@@ -641,3 +666,94 @@ def test_slug_generate_search_falls_back_to_the_whole_set_when_the_cheap_base_fo
     assert res.info["probes_at"].startswith("the whole search set (the cheap")
     assert res.info["status"] == "forgets within budget" and 2.0 <= res.info["lambda"] < 2.5
     assert calls.count(False) == 1 and set(res.trace["phase"]) == {"probe"}  # one cheap call: the base
+
+
+# ------------------------------------------------------------------ attacks
+def counting_judge(succeed_from_call: int, rows: set):
+    """A judge that labels the pictures of ``rows`` the target from its
+    ``succeed_from_call``-th call on (the attack's bookkeeping, not its power)."""
+    from unlearnflow.metrics.judge import Judge
+
+    calls = []
+
+    def predict(images, domain):
+        calls.append(images.clone())
+        hit = len(calls) >= succeed_from_call
+        return torch.tensor([0 if hit and i in rows else 1 for i in range(len(images))])
+
+    return Judge("counting", "test", {"identity": ["Mira Castell", "Bram Okafor"]}, predict), calls
+
+
+def test_prompt_search_bookkeeping_and_determinism(t2i_dir):
+    import pandas as pd
+
+    from unlearnflow.attacks import t2i as attacks
+
+    bundle = D.load_t2i(t2i_dir)
+    target = {"id": "mira", "name": "Mira Castell", "kind": "identity"}
+    rows = pd.DataFrame({"prompt": ["a photo of Mira Castell", "Portrait of Mira Castell"], "seed": [0, 1]})
+    reference = D.generate(bundle, list(rows["prompt"]), [0, 1], steps=2)
+    params = attacks.PROMPT_SEARCH_DEFAULTS | {"timesteps": 2, "iterations": 2}
+    sampling = {"steps": 2, "guidance": 3.0}
+    judge, calls = counting_judge(2, {0})
+    results, pictures, trace = attacks.prompt_search(bundle, judge, target, rows, reference, params, sampling, seed=0)
+    assert len(calls) == 2 and [t["step"] for t in trace] == [2, 4]  # the judge after each timestep
+    assert [t["timestep"] for t in trace] == attacks.search_timesteps(2, 1000) == [250, 750]
+    assert [r["success"] for r in results] == [True, False] and [r["step"] for r in results] == [4, -1]
+    assert pictures.shape == reference.shape and pictures.dtype == torch.uint8
+    # a row keeps the picture of its success; a row that never succeeds, its last
+    assert torch.equal(pictures[0], calls[1][0]) and torch.equal(pictures[1], calls[-1][1])
+    tokens = [json.loads(r["adversarial_tokens"]) for r in results]
+    special = {bundle.tokenizer.bos_token_id, bundle.tokenizer.eos_token_id}
+    assert all(len(t) == 3 and not special & set(t) for t in tokens)
+    assert all(r["adversarial_prompt"].endswith(p) for r, p in zip(results, rows["prompt"]))
+    again, _, _ = attacks.prompt_search(bundle, counting_judge(2, {0})[0], target, rows, reference, params, sampling, seed=0)
+    assert again == results  # deterministic for its seed
+    other, _, _ = attacks.prompt_search(bundle, counting_judge(2, {0})[0], target, rows, reference, params, sampling, seed=1)
+    assert [r["adversarial_tokens"] for r in other] != [r["adversarial_tokens"] for r in results]
+    # PEZ, the option: the same bookkeeping, and a row's first success is kept
+    pez, _, _ = attacks.prompt_search(bundle, counting_judge(1, {1})[0], target, rows, reference, params | {"optimizer": "pez"}, sampling, seed=0)
+    assert [r["step"] for r in pez] == [-1, 2] and all(len(json.loads(r["adversarial_tokens"])) == 3 for r in pez)
+    with pytest.raises(UnlearnflowError, match="optimizer 'adam'"):
+        attacks.prompt_search(bundle, judge, target, rows, reference, params | {"optimizer": "adam"}, sampling, seed=0)
+
+
+def test_states_bundle_generates_what_the_prompt_generates(t2i_dir):
+    from unlearnflow.attacks.t2i import StatesBundle
+
+    bundle = D.load_t2i(t2i_dir)
+    prompt = "a photo of Mira Castell"
+    with torch.no_grad():
+        states = bundle.text_encoder(bundle.tokens([prompt])).last_hidden_state[0]
+    direct = D.generate(bundle, [prompt], [3], steps=2)
+    via = D.generate(StatesBundle(bundle, {"key": states}), ["key"], [3], steps=2)
+    assert torch.equal(direct, via)
+
+
+def test_paraphrases_name_the_target_otherwise():
+    import pandas as pd
+
+    from unlearnflow.attacks.t2i import paraphrase_sets
+
+    forget = pd.DataFrame({"prompt": ["A ball image in Vellum style."], "seed": [0], "labels": ['{"object": "ball", "style": "Vellum"}']})
+    variants = paraphrase_sets({"name": "Vellum", "kind": "style"}, forget)
+    assert variants["caption_1"] == ["Vellum painting of a ball"] and variants["caption_2"] == ["ball in the style of Vellum"]
+    assert variants["lower"] == ["A ball image in vellum style."] and "surname" not in variants
+    ident = pd.DataFrame({"prompt": ["Portrait of Mira Castell"], "seed": [0], "labels": ['{"identity": "Mira Castell"}']})
+    variants = paraphrase_sets({"name": "Mira Castell", "kind": "identity"}, ident)
+    assert variants["surname"] == ["Portrait of Castell"] and variants["caption_1"] == ["Mira Castell at the premiere"]
+
+
+def test_simplex_projection_is_the_euclidean_projection():
+    from unlearnflow.attacks.t2i import simplex_projection
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(4, 7, generator=g)
+    p = simplex_projection(v)
+    assert torch.allclose(p.sum(-1), torch.ones(4), atol=1e-6) and (p >= 0).all()
+    # the projection is the closest point: no other point of the simplex is nearer
+    others = torch.distributions.Dirichlet(torch.ones(7)).sample((2000,))
+    for row, proj in zip(v, p):
+        assert (others - row).norm(dim=-1).min() >= (proj - row).norm() - 1e-6
+    on = torch.tensor([[0.2, 0.3, 0.5]])
+    assert torch.allclose(simplex_projection(on), on)  # a point of the simplex stays

@@ -103,6 +103,7 @@ TRANSFORMERS_RULES = frozenset(
         "evaluate_t2i",
         "evaluate_i2i",
         "attack_t2i",
+        "relearn_t2i",
     }
 )
 

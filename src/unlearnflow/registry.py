@@ -48,6 +48,11 @@ STAGES: dict[str, str] = {
     "evaluate_i2i": "unlearnflow.metrics.i2i_eval:evaluate_stage",
     "i2i_table": "unlearnflow.metrics.i2i_eval:table_stage",
     "i2i_tsne": "unlearnflow.metrics.i2i_eval:tsne_stage",
+    "attack_clip": "unlearnflow.attacks.clip:attack_stage",
+    "relearn_clip": "unlearnflow.attacks.clip:relearn_stage",
+    "attack_t2i": "unlearnflow.attacks.t2i:attack_stage",
+    "relearn_t2i": "unlearnflow.attacks.t2i:relearn_stage",
+    "robustness_table": "unlearnflow.attacks:table_stage",
 }
 
 # model family -> method -> module (one module per method)

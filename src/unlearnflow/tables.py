@@ -44,24 +44,35 @@ def method_cost(paths: list) -> dict:
 
 
 def clip_table(records: list[dict], costs: dict) -> pd.DataFrame:
-    """``costs``: {target: {method: [benchmark paths]}}."""
+    """``costs``: {target: {run: [benchmark paths]}} (a run: a method at one
+    unlearning seed, :mod:`unlearnflow.seeds`). With several seeds the rows
+    are per seed (a ``seed`` column) and the mean rows per method and seed;
+    :func:`seed_summary` turns that into mean ± std over seeds."""
     columns = list(CLIP_COLUMNS)
     if any("style_acc1" in r for r in records):  # a style target: the other styles' accuracy
         columns.insert(columns.index("test_acc1") + 1, "style_acc1")
+    seeded = len({r.get("seed") for r in records if r["method"] != "original"}) > 1
+    if seeded:
+        columns.insert(2, "seed")
     rows = []
     for r in records:
-        c = method_cost(costs.get(r["target"], {}).get(r["method"], []))
+        c = method_cost(costs.get(r["target"], {}).get(r.get("run", r["method"]), []))
         rows.append({k: r.get(k) for k in columns if k not in c} | c | {"provenance": r.get("provenance_id")})
     df = pd.DataFrame(rows, columns=columns)
     order = {m: i for i, m in enumerate(["original"] + sorted(set(df["method"]) - {"original"}))}
-    df = df.sort_values(["target", "method"], key=lambda s: s.map(order) if s.name == "method" else s)
-    mean = df.groupby("method", sort=False).mean(numeric_only=True).reset_index()
+    keys = ["target", "method"] + (["seed"] if seeded else [])
+    df = df.sort_values(keys, key=lambda s: s.map(order) if s.name == "method" else s)
+    by = ["method"] + (["seed"] if seeded else [])
+    mean = df.groupby(by, sort=False, dropna=False).mean(numeric_only=True).reset_index()
     mean.insert(0, "target", "mean")
-    mean = mean.sort_values("method", key=lambda s: s.map(order))
+    mean = mean.sort_values(by, key=lambda s: s.map(order) if s.name == "method" else s)
     aggregates = {}
     ids = []
-    for method in mean["method"]:
-        members = [i for i in df.loc[df["method"] == method, "provenance"] if isinstance(i, str)]
+    for _, m in mean.iterrows():
+        same = df["method"] == m["method"]
+        if seeded:
+            same &= (df["seed"] == m["seed"]) | (df["seed"].isna() & pd.isna(m["seed"]))
+        members = [i for i in df.loc[same, "provenance"] if isinstance(i, str)]
         pid, rec = provenance.aggregate(members, "mean over targets") if members else (None, None)
         if pid is not None:
             aggregates[pid] = rec
@@ -72,11 +83,40 @@ def clip_table(records: list[dict], costs: dict) -> pd.DataFrame:
     return out
 
 
-def write_provenance(path, records: list[dict], df: pd.DataFrame) -> None:
+def seed_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (target, method): every metric as "mean ± std" over the seed rows
+    (sample std, ddof 1) and their number ``n``; a single row (the original
+    model) stays a plain number. The provenance of a summary row aggregates
+    its seed rows'."""
+    metrics = [c for c in df.columns if c not in ("target", "method", "seed", "provenance")]
+    rows, aggregates = [], {}
+    for (target, method), g in df.groupby(["target", "method"], sort=False):
+        n = len(g)
+        row = {"target": target, "method": method, "n": n}
+        for m in metrics:
+            values = pd.to_numeric(g[m], errors="coerce")
+            mean = values.mean()
+            row[m] = f"{mean:.2f}" if n == 1 or pd.isna(mean) else f"{mean:.2f} ± {values.std(ddof=1):.2f}"
+        members = [i for i in g["provenance"] if isinstance(i, str)]
+        pid, rec = provenance.aggregate(members, "mean ± std over seeds") if n > 1 else (members[0] if members else None, None)
+        if rec is not None:
+            aggregates[pid] = rec
+        row["provenance"] = pid
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=["target", "method", "n", *metrics, "provenance"])
+    out.attrs["provenance"] = aggregates
+    return out
+
+
+def write_provenance(path, records: list[dict], df: pd.DataFrame, view: pd.DataFrame | None = None) -> None:
     """{id: record} of every row of a table (``{table}.provenance.json``,
-    merged into results/provenance.json); a row without a record is an
-    error, since its numbers could come from anywhere."""
+    merged into results/provenance.json), and of its summary ``view``; a
+    row without a record is an error, since its numbers could come from
+    anywhere."""
     known = provenance.table_provenance(records) | df.attrs.get("provenance", {})
+    if view is not None:
+        known |= view.attrs.get("provenance", {})
+        df = pd.concat([df[["provenance"]], view[["provenance"]]], ignore_index=True)
     lacking = [i for i, pid in enumerate(df["provenance"]) if not isinstance(pid, str) or pid not in known]
     if lacking:
         row = df.iloc[lacking[0]]
@@ -133,9 +173,12 @@ def t2i_table_stage(inp: dict, out: dict, params: dict) -> None:
     print(df.to_markdown(index=False, floatfmt=".2f"))
 
 
-def write_tables(df: pd.DataFrame, csv, md, tex, caption: str, caption_in_md: bool = False) -> None:
+def write_tables(df: pd.DataFrame, csv, md, tex, caption: str, caption_in_md: bool = False, view: pd.DataFrame | None = None) -> None:
+    """The CSV from ``df``; the Markdown and LaTeX from ``view`` when given
+    (mean ± std over seeds), else from ``df``."""
     with atomic_path(csv, suffix=".csv") as tmp:
         df.to_csv(tmp, index=False, float_format="%.2f")
+    df = df if view is None else view
     with atomic_path(md, suffix=".md") as tmp:
         tmp.write_text((f"{caption}\n\n" if caption_in_md else "") + df.to_markdown(index=False, floatfmt=".2f") + "\n")
     with atomic_path(tex, suffix=".tex") as tmp:
@@ -152,9 +195,14 @@ def clip_table_stage(inp: dict, out: dict, params: dict) -> None:
             r["method"] = "original"
         records.append(r)
     df = clip_table(records, params["costs"])
-    write_tables(df, out["csv"], out["md"], out["tex"], params.get("caption", "CLIP unlearning"))
-    write_provenance(out["provenance"], records, df)
-    print(df.to_markdown(index=False, floatfmt=".2f"))
+    view = seed_summary(df) if "seed" in df.columns else None
+    caption = params.get("caption", "CLIP unlearning")
+    if view is not None:
+        seeds = sorted({int(s) for s in df["seed"].dropna()})
+        caption += f" Mean ± std (sample) over the unlearning seeds {seeds}; n = runs per row; the CSV has one row per seed."
+    write_tables(df, out["csv"], out["md"], out["tex"], caption, caption_in_md=view is not None, view=view)
+    write_provenance(out["provenance"], records, df, view)
+    print((df if view is None else view).to_markdown(index=False, floatfmt=".2f"))
 
 
 # ------------------------------------------------------------------ costs

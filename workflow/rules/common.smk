@@ -7,6 +7,7 @@ import shutil
 
 from unlearnflow.provenance import code_fingerprint, source_files, source_stamp
 from unlearnflow.registry import METHOD_RULES
+from unlearnflow.seeds import RUN_PATTERN, method_of, runs, seed_list, seed_of
 from unlearnflow.targets import branch_targets, merge_targets
 
 SHARDS = list(config["data"]["shards"])
@@ -14,6 +15,11 @@ HELDOUT_SHARDS = list(config["data"]["heldout_shards"])
 HELDOUT_FRACTION = config["data"]["heldout_fraction"]
 MODEL = config["clip"]["name"]
 METHODS = list(config["run_methods"])
+# one run per CLIP method and unlearning seed (unlearnflow.seeds); the other
+# branches and the attacks take the first seed
+UNLEARN_SEEDS = seed_list(config["seeds"]["unlearn"])
+UNLEARN_SEED = UNLEARN_SEEDS[0]
+CLIP_RUNS = [r for m in METHODS for r in runs(m, UNLEARN_SEEDS)]
 # CLIP_TARGETS are unlearned from the CLIP; T2I_TARGETS from the diffusion
 # model (SLUG there needs their CLIP gradients too); TARGETS is every target.
 # (a branch left out of config `branches` has none)
@@ -51,7 +57,7 @@ def code_of(name):
     (unlearnflow.provenance), so an edit of a module reruns exactly the jobs
     that run it. Rules generic over {method} add the method's module."""
     if name in METHOD_RULES:
-        return lambda wildcards: code_fingerprint(name, wildcards.method)
+        return lambda wildcards: code_fingerprint(name, method_of(wildcards.method))
     return code_fingerprint(name)
 
 
@@ -63,7 +69,17 @@ def code_of(name):
 DEVICES = {
     name: config[branch]["device"]
     for branch, names in (
-        ("clip", ["pretrain_clip", "clip_gradients", "unlearn_clip", "evaluate_clip"]),
+        (
+            "clip",
+            [
+                "pretrain_clip",
+                "clip_gradients",
+                "unlearn_clip",
+                "evaluate_clip",
+                "attack_clip",
+                "relearn_clip",
+            ],
+        ),
         (
             "t2i",
             [
@@ -74,6 +90,8 @@ DEVICES = {
                 "evaluate_t2i",
                 "train_judge",
                 "import_judge",
+                "attack_t2i",
+                "relearn_t2i",
             ],
         ),
         ("i2i", ["train_i2i", "unlearn_i2i", "evaluate_i2i"]),
@@ -297,7 +315,7 @@ def style_eval_files(split):
 
 def method_inputs(wildcards):
     """What each method reads beyond the model and the evaluation sets."""
-    t, m = wildcards.target, MODEL
+    t, m, method = wildcards.target, MODEL, method_of(wildcards.method)
     needs = {
         "slug": {
             "grad_forget": f"results/grads/{m}/{t}/forget.safetensors",
@@ -309,11 +327,9 @@ def method_inputs(wildcards):
         "ssd": {},
         "salun": {"mask": mask_file(t, salun_fraction(), m)},
     }
-    if wildcards.method not in needs:
-        raise ValueError(
-            f"unknown method {wildcards.method!r}; known methods: {sorted(needs)}"
-        )
-    return needs[wildcards.method]
+    if method not in needs:
+        raise ValueError(f"unknown method {method!r}; known methods: {sorted(needs)}")
+    return needs[method]
 
 
 MASK_FRACTIONS = [float(f) for f in config["masks"]["fractions"]]
@@ -338,9 +354,10 @@ def mask_file(target, fraction, model=MODEL):
 
 # the benchmark files whose sum is a method's cost (SLUG: one pass each set,
 # the layer analysis and the search; SalUn: the forget pass and the masks)
-def method_cost_files(target, method, model=MODEL):
+def method_cost_files(target, run, model=MODEL):
     b = "results/benchmarks"
-    own = [f"{b}/unlearn_clip/{model}/{target}/{method}.tsv"]
+    own = [f"{b}/unlearn_clip/{model}/{target}/{run}.tsv"]
+    method = method_of(run)
     forget_pass = f"{b}/clip_gradients/{model}/{target}/forget.tsv"
     if method == "slug":
         return [
@@ -355,7 +372,7 @@ def method_cost_files(target, method, model=MODEL):
 
 def clip_table_costs():
     return {
-        t: {m: method_cost_files(t, m) for m in METHODS} | {"original": []}
+        t: {r: method_cost_files(t, r) for r in CLIP_RUNS} | {"original": []}
         for t in CLIP_TARGETS
     }
 
@@ -442,8 +459,8 @@ def heavy_benchmarks(model=MODEL):
     per_target += [
         f"{stage}/{{model}}/{{target}}/{method}"
         for stage, methods in (
-            ("unlearn_clip", METHODS),
-            ("evaluate_clip", ["base"] + METHODS),
+            ("unlearn_clip", CLIP_RUNS),
+            ("evaluate_clip", ["base"] + CLIP_RUNS),
         )
         for method in methods
     ]
@@ -453,8 +470,11 @@ def heavy_benchmarks(model=MODEL):
         for p in per_target
     ]
     clip = list(dict.fromkeys(clip))  # the shared retain pass once
+    robust = attack_benchmarks() if robustness_outputs() else []
     return list(
-        dict.fromkeys(data + models + clip + t2i_benchmarks() + i2i_benchmarks())
+        dict.fromkeys(
+            data + models + clip + t2i_benchmarks() + i2i_benchmarks() + robust
+        )
     )
 
 
@@ -465,6 +485,8 @@ def provenance_tables():
         tables.append("t2i_unlearning")
     if I2I_METHODS:
         tables.append("i2i_unlearning")
+    if robustness_outputs():
+        tables.append("robustness")
     return [f"results/tables/{t}.provenance.json" for t in tables]
 
 
@@ -714,7 +736,9 @@ def i2i_feature_inputs():
 def lpips_input():
     """The local LPIPS backbone file, when LPIPS is on and one is given."""
     lp = I2I["eval"]["lpips"]
-    return {"lpips_backbone": lp["backbone"]} if lp["enabled"] and lp["backbone"] else {}
+    return (
+        {"lpips_backbone": lp["backbone"]} if lp["enabled"] and lp["backbone"] else {}
+    )
 
 
 def i2i_caption():
@@ -757,4 +781,121 @@ def i2i_benchmarks():
         + [f"{b}/{make}/{I2I_MODEL}.tsv"]
         + [f"{b}/unlearn_i2i/{I2I_MODEL}/{m}.tsv" for m in I2I_METHODS]
         + [f"{b}/evaluate_i2i/{I2I_MODEL}/{m}.tsv" for m in ["base"] + I2I_METHODS]
+    )
+
+
+# ---------------------------------------------------------- robustness
+ATTACKS = config["attacks"]
+
+
+def enabled(spec):
+    """An attack's params for its stage (its `enabled` flag decided here)."""
+    return {k: v for k, v in spec.items() if k != "enabled"} | {
+        "enabled": spec["enabled"]
+    }
+
+
+def clip_attack_params():
+    return {k: enabled(ATTACKS["clip"][k]) for k in ("paraphrase", "soft_prompt")}
+
+
+def t2i_attack_params():
+    return {k: enabled(ATTACKS["t2i"][k]) for k in ("paraphrase", "prompt_search")}
+
+
+def clip_delta_input(wildcards):
+    if wildcards.method == "base":
+        return {}
+    d = f"results/unlearn/{wildcards.model}/{wildcards.target}/{wildcards.method}"
+    return {"delta": f"{d}/delta.safetensors"}
+
+
+def attack_eval_files(wildcards):
+    """The test split (scored) and the validation split of the target's
+    domain (the soft prompt trains on it)."""
+    kind = target_config(wildcards.target)["kind"]
+    files = eval_set_files("test")
+    if kind == "style":
+        files |= eval_set_files("test", ("styles",))
+    domain = {"identity": "identities", "object": "objects", "style": "styles"}[kind]
+    return files | eval_set_files("val", (domain,))
+
+
+def attack_stages():
+    """(rule, output path pattern) of every attack stage that runs."""
+    wanted = []
+    for family, targets in (("clip", CLIP_TARGETS), ("t2i", T2I_TARGETS)):
+        spec = ATTACKS[family]
+        if not targets:
+            continue
+        if any(v["enabled"] for k, v in spec.items() if k != "relearn"):
+            wanted.append(
+                (
+                    f"attack_{family}",
+                    f"results/attacks/{family}/{{model}}/{{target}}/{{method}}.parquet",
+                )
+            )
+        if spec["relearn"]["enabled"]:
+            wanted.append(
+                (
+                    f"relearn_{family}",
+                    f"results/attacks/{family}/{{model}}/{{target}}/{{method}}.relearn.parquet",
+                )
+            )
+    return wanted
+
+
+def _attack_expand(rule_name, pattern):
+    clip = rule_name.endswith("clip")
+    return expand(
+        pattern,
+        model=MODEL if clip else T2I,
+        target=CLIP_TARGETS if clip else T2I_TARGETS,
+        method=["base"] + (METHODS if clip else T2I_METHODS),
+    )
+
+
+def attack_files():
+    return [f for r, pattern in attack_stages() for f in _attack_expand(r, pattern)]
+
+
+def attack_benchmarks():
+    b = "results/benchmarks/{r}/{{model}}/{{target}}/{{method}}.tsv"
+    return [f for r, _ in attack_stages() for f in _attack_expand(r, b.format(r=r))]
+
+
+def robustness_outputs():
+    if not (ATTACKS["in_all"] and attack_stages()):
+        return []
+    t2i_grids = (
+        expand(
+            "results/attacks/t2i/{t2i}/{target}/{method}.grid.png",
+            t2i=T2I,
+            target=T2I_TARGETS,
+            method=["base"] + T2I_METHODS,
+        )
+        if any(r == "attack_t2i" for r, _ in attack_stages())
+        else []
+    )
+    return (
+        expand("results/tables/robustness.{ext}", ext=["csv", "md", "tex"]) + t2i_grids
+    )
+
+
+def robustness_caption():
+    seed = config["seeds"]["attack"]
+    return (
+        "Robustness of unlearning: each attack's metric before (the unattacked model, as in "
+        "the results tables) and after the attack, its budget and wall seconds (attack seed "
+        f"{seed}). CLIP: FA@1 (%) on the target's test images; paraphrase = the best of the "
+        "variants, soft_prompt = the name's token embeddings optimised on the frozen model, "
+        "relearn = fine-tuning on a few forget pairs. Text-to-image: ASR (% of forget "
+        "generations the judge labels the target); prompt_search = UnlearnDiffAtk-style "
+        "tokens prepended (post-attack ASR counts the pre-attack successes)."
+    )
+
+
+if robustness_outputs():
+    REPORT_TABLES["robustness"] = (
+        "Robustness: attacks on every method (FA@1 / ASR %, before and after)"
     )

@@ -24,7 +24,7 @@ rule evaluate_clip:
     benchmark:
         "results/benchmarks/evaluate_clip/{model}/{target}/{method}.tsv"
     wildcard_constraints:
-        method=r"[a-z0-9_]+",
+        method=RUN_PATTERN,
     conda:
         "../../envs/torch.yaml"
     threads: THREADS
@@ -34,7 +34,10 @@ rule evaluate_clip:
         gpu=gpu_request("evaluate_clip"),
     params:
         code=code_of("evaluate_clip"),
-        method=lambda wc: wc.method,
+        method=lambda wc: wc.method,  # a run: METHOD or METHOD.sSEED
+        seed=lambda wc: (
+            None if wc.method == "base" else seed_of(wc.method, UNLEARN_SEEDS)
+        ),
         target=lambda wc: target_config(wc.target),
         target_id=lambda wc: wc.target,
         mia_seeds=config["evaluation"]["mia_seeds"],

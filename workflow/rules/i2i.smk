@@ -139,7 +139,7 @@ rule unlearn_i2i:
         method=lambda wc: wc.method,
         params=lambda wc: i2i_method_params(wc.method),
         tasks=I2I["tasks"],
-        seed=config["seeds"]["unlearn"],
+        seed=UNLEARN_SEED,
         device=device_of("unlearn_i2i"),
     script:
         "../scripts/stage.py"

@@ -161,7 +161,7 @@ rule t2i_salun_masks:
             else config["t2i"]["masks"]["guidance"]
         ),
         clip_norm=config["t2i"]["masks"]["clip_norm"],
-        seed=config["seeds"]["unlearn"],
+        seed=UNLEARN_SEED,
         device=device_of("t2i_salun_masks"),
     script:
         "../scripts/stage.py"
@@ -202,7 +202,7 @@ rule unlearn_t2i:
         # the search generates with the evaluation's guidance, but its own
         # seeds and steps: evaluation seeds and steps never rerun it
         guidance=config["t2i"]["sampling"]["guidance"],
-        seed=config["seeds"]["unlearn"],
+        seed=UNLEARN_SEED,
         device=device_of("unlearn_t2i"),
     script:
         "../scripts/stage.py"

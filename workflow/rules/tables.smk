@@ -7,10 +7,10 @@ rule clip_table:
             "results/eval/{model}/{target}/{method}.json",
             model=MODEL,
             target=CLIP_TARGETS,
-            method=["base"] + METHODS,
+            method=["base"] + CLIP_RUNS,
         ),
         benchmarks=[
-            f for t in CLIP_TARGETS for m in METHODS for f in method_cost_files(t, m)
+            f for t in CLIP_TARGETS for r in CLIP_RUNS for f in method_cost_files(t, r)
         ],
     output:
         csv=report(

@@ -18,7 +18,7 @@ rule unlearn_clip:
     benchmark:
         "results/benchmarks/unlearn_clip/{model}/{target}/{method}.tsv"
     wildcard_constraints:
-        method=r"[a-z0-9_]+",
+        method=RUN_PATTERN,
     conda:
         "../../envs/torch.yaml"
     threads: THREADS
@@ -28,10 +28,10 @@ rule unlearn_clip:
         gpu=gpu_request("unlearn_clip"),
     params:
         code=code_of("unlearn_clip"),
-        method=lambda wc: wc.method,
-        params=lambda wc: method_params(wc.method),
+        method=lambda wc: method_of(wc.method),
+        params=lambda wc: method_params(method_of(wc.method)),
         target=lambda wc: target_config(wc.target),
-        seed=config["seeds"]["unlearn"],
+        seed=lambda wc: seed_of(wc.method, UNLEARN_SEEDS),
         device=device_of("unlearn_clip"),
     script:
         "../scripts/stage.py"

@@ -180,6 +180,7 @@ def evaluate_stage(inp: dict, out: dict, params: dict) -> None:
     from .. import provenance
     from ..io import write_json
     from ..models.clip import load_clip, resolve_device
+    from ..seeds import method_of
     from .mia import encode_pairs, mia_accuracy
 
     if params.get("threads"):
@@ -205,14 +206,16 @@ def evaluate_stage(inp: dict, out: dict, params: dict) -> None:
         forget_cosine=float(members.mean()),
         heldout_cosine=float(nonmembers.mean()),
         target=params["target_id"],
-        method=params["method"],
+        method=method_of(params["method"]),
+        run=params["method"],
+        seed=params.get("seed"),
         model_fingerprint=bundle.info.get("fingerprint", ""),
         delta=str(inp.get("delta") or ""),
     )
     prov = provenance.evaluation_record(
         model_fingerprint=bundle.info.get("fingerprint", ""),
         delta=inp.get("delta"),
-        seeds={"train": provenance.train_seed(bundle.info), "mia": mia_seeds},
+        seeds={"train": provenance.train_seed(bundle.info), "mia": mia_seeds, "unlearn": params.get("seed")},
     )
     write_json(out["json"], provenance.stamp(record, prov))
-    print({k: record[k] for k in ("method", "target", *METRICS, "mia")})
+    print({k: record[k] for k in ("method", "seed", "target", *METRICS, "mia")})
