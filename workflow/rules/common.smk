@@ -352,6 +352,14 @@ def mask_file(target, fraction, model=MODEL):
     return f"results/masks/{model}/{target}/salun_{float(fraction)}.safetensors"
 
 
+def clip_delta_input(wildcards):
+    """The delta a CLIP run wrote; none for the base model (evaluation, attacks)."""
+    if wildcards.method == "base":
+        return {}
+    d = f"results/unlearn/{wildcards.model}/{wildcards.target}/{wildcards.method}"
+    return {"delta": f"{d}/delta.safetensors"}
+
+
 # the benchmark files whose sum is a method's cost (SLUG: one pass each set,
 # the layer analysis and the search; SalUn: the forget pass and the masks)
 def method_cost_files(target, run, model=MODEL):
@@ -788,37 +796,21 @@ def i2i_benchmarks():
 ATTACKS = config["attacks"]
 
 
-def enabled(spec):
-    """An attack's params for its stage (its `enabled` flag decided here)."""
-    return {k: v for k, v in spec.items() if k != "enabled"} | {
-        "enabled": spec["enabled"]
-    }
-
-
 def clip_attack_params():
-    return {k: enabled(ATTACKS["clip"][k]) for k in ("paraphrase", "soft_prompt")}
+    return {k: ATTACKS["clip"][k] for k in ("paraphrase", "soft_prompt")}
 
 
 def t2i_attack_params():
-    return {k: enabled(ATTACKS["t2i"][k]) for k in ("paraphrase", "prompt_search")}
-
-
-def clip_delta_input(wildcards):
-    if wildcards.method == "base":
-        return {}
-    d = f"results/unlearn/{wildcards.model}/{wildcards.target}/{wildcards.method}"
-    return {"delta": f"{d}/delta.safetensors"}
+    return {k: ATTACKS["t2i"][k] for k in ("paraphrase", "prompt_search")}
 
 
 def attack_eval_files(wildcards):
     """The test split (scored) and the validation split of the target's
     domain (the soft prompt trains on it)."""
     kind = target_config(wildcards.target)["kind"]
-    files = eval_set_files("test")
-    if kind == "style":
-        files |= eval_set_files("test", ("styles",))
     domain = {"identity": "identities", "object": "objects", "style": "styles"}[kind]
-    return files | eval_set_files("val", (domain,))
+    test = eval_set_files("test") | style_eval_files("test")(wildcards)
+    return test | eval_set_files("val", (domain,))
 
 
 def attack_stages():

@@ -3,15 +3,7 @@
 
 rule evaluate_clip:
     input:
-        unpack(
-            lambda wc: (
-                {}
-                if wc.method == "base"
-                else {
-                    "delta": f"results/unlearn/{wc.model}/{wc.target}/{wc.method}/delta.safetensors"
-                }
-            )
-        ),
+        unpack(clip_delta_input),
         unpack(style_eval_files("test")),
         **model_files(),
         **eval_set_files("test"),

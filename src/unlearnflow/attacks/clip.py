@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..generate import DOMAINS as DOMAIN
 from ..io import UnlearnflowError
 from ..metrics.zeroshot import IDENTITY_TEMPLATES, LOGIT_SCALE, SIMPLE_TEMPLATES, STYLE_TEMPLATES, _format_template
 from . import (
@@ -39,7 +40,6 @@ from . import (
     name_token_ids, no_attack_error, relearn_row, row, table_method,
 )  # fmt: skip
 
-DOMAIN = {"identity": "identities", "object": "objects", "style": "styles"}
 TEMPLATES = {"identity": IDENTITY_TEMPLATES, "object": SIMPLE_TEMPLATES, "style": STYLE_TEMPLATES}
 # other ways to ask for the concept than the evaluation's own templates
 PARAPHRASE_TEMPLATES = {
