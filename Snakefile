@@ -60,10 +60,10 @@ rule all:
     default_target: True
     input:
         rules.data.input,
-        clip_outputs(),
-        t2i_outputs(),
-        i2i_outputs(),
-        robustness_outputs(),
-        costs_outputs(),
-        table_views(),
+        P.clip_outputs(),
+        P.t2i_outputs(),
+        P.i2i_outputs(),
+        P.robustness_outputs(),
+        P.costs_outputs(),
+        P.table_views(),
         "results/provenance.json",

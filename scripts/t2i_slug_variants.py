@@ -58,9 +58,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import pandas as pd
 
-    from unlearnflow.generate import generate_stage
-    from unlearnflow.methods.t2i import unlearn_t2i_stage
-    from unlearnflow.metrics.t2i_eval import evaluate_stage
+    from unlearnflow.stages.t2i import evaluate_t2i, generate_t2i, unlearn_t2i
 
     cfg = yaml.safe_load((args.run / "config.yaml").read_text())
     t2i, clip = cfg["t2i"].get("name", "tiny_t2i"), cfg["clip"]["name"]
@@ -81,20 +79,20 @@ def main(argv=None) -> int:
                 d = Path(tmp)
                 out = {"delta": d / "delta.safetensors", "trace": d / "search.parquet", "info": d / "info.json"}
                 c0, t0 = time.process_time(), time.perf_counter()
-                unlearn_t2i_stage(inp, out, {"method": "slug", "params": params, "target": targets[tid],
-                                             "concepts": concepts, "guidance": cfg["t2i"]["sampling"]["guidance"],
-                                             "seed": 0, "device": "cpu", "threads": 1})
+                unlearn_t2i(inp, out, {"method": "slug", "params": params, "target": targets[tid],
+                                       "concepts": concepts, "guidance": cfg["t2i"]["sampling"]["guidance"],
+                                       "seed": 0, "device": "cpu", "threads": 1})
                 cpu, wall = time.process_time() - c0, time.perf_counter() - t0
                 info = json.loads(out["info"].read_text())
                 g = {"forget_dir": d / "gen/forget", "retain_dir": d / "gen/retain", "forget_grid": d / "fg.png",
                      "retain_grid": d / "rg.png", "prompts": d / "prompts.parquet"}
                 delta = {"delta": str(out["delta"]), "info": str(out["info"])}
-                generate_stage({**inp, **delta}, g, {"target": targets[tid], "concepts": concepts,
-                                                    "sampling": cfg["t2i"]["sampling"], "device": "cpu"})
+                generate_t2i({**inp, **delta}, g, {"target": targets[tid], "concepts": concepts,
+                                                  "sampling": cfg["t2i"]["sampling"], "device": "cpu"})
                 ev = {**inp, **delta, "prompts": str(g["prompts"])}
-                evaluate_stage(ev, {"metrics": d / "m.json"}, {"target": targets[tid], "method": "slug",
-                                                              "feature_net": cfg["t2i"].get("feature_net", {"kind": "clip"}),
-                                                              "device": "cpu"})
+                evaluate_t2i(ev, {"metrics": d / "m.json"}, {"target": targets[tid], "method": "slug",
+                                                            "feature_net": cfg["t2i"].get("feature_net", {"kind": "clip"}),
+                                                            "device": "cpu"})
                 m = json.loads((d / "m.json").read_text())
             row = {"target": tid, "variant": name, "cpu_s": round(cpu, 1), "wall_s": round(wall, 1),
                    "probes": info["probes"], "layer": info["layer"], "lambda": info["lambda"], "status": info["status"],

@@ -115,13 +115,13 @@ def test_the_table_puts_the_original_first_and_refuses_other_files(tmp_path):
     assert list(df.columns)[-1] == "provenance"
     assert df["method"].tolist() == ["original", "slug", "slug"] and df["attack"].tolist()[1:] == ["paraphrase", "relearn"]
     assert json.loads(frame(rows)["details"][2]) == {"curve": [{"fa1": 0.0, "step": 0}]}
-    from unlearnflow.attacks import table_stage
     from unlearnflow.io import write_parquet
+    from unlearnflow.stages import attacks as stages
 
     write_parquet(tmp_path / "x.parquet", pd.DataFrame({"a": [1]}))
     out = {k: str(tmp_path / f"t.{k}") for k in ("csv", "md", "tex")}
     with pytest.raises(UnlearnflowError, match="x.parquet: not an attack file"):
-        table_stage({"attacks": [str(tmp_path / "x.parquet")]}, out, {"caption": "c"})
+        stages.robustness_table({"attacks": [str(tmp_path / "x.parquet")]}, out, {"caption": "c"})
 
 
 # ------------------------------------------------------------------ DAG

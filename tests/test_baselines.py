@@ -432,7 +432,8 @@ def test_the_unlearn_stage_writes_delta_trace_and_info(
 
     from safetensors.torch import load_file
 
-    from unlearnflow.methods import METHODS, unlearn_stage
+    from unlearnflow.methods import METHODS
+    from unlearnflow.stages.unlearn import unlearn_clip
 
     monkeypatch.setitem(METHODS["clip"], method, f"unlearnflow.methods.{method}")
     mask = tmp_path / "mask.safetensors"
@@ -448,7 +449,7 @@ def test_the_unlearn_stage_writes_delta_trace_and_info(
         k: tmp_path / method / n
         for k, n in (("delta", "delta.safetensors"), ("trace", "t.parquet"), ("info", "i.json"))
     }
-    unlearn_stage(inp, out, {"method": method, "target": TARGET, "params": params, "device": "cpu", "seed": 0})
+    unlearn_clip(inp, out, {"method": method, "target": TARGET, "params": params, "device": "cpu", "seed": 0})
     info = json.loads(out["info"].read_text())
     delta = load_file(out["delta"])
     assert sorted(delta) == info["changed_tensors"] and "logit_scale" not in delta

@@ -11,8 +11,8 @@ from unlearnflow.data.select import select_sets
 from unlearnflow.gradients import candidate_names, compute_set_gradients, load_gradients
 from unlearnflow.io import InputFileError, UnlearnflowError
 from unlearnflow.layers import DEFAULT_EXCLUDE, analyse, is_candidate
-from unlearnflow.masks import masks_stage
 from unlearnflow.models.clip import load_clip, save_clip, tiny_config
+from unlearnflow.stages.gradients import salun_masks
 
 SMALL = tiny_config(
     {
@@ -83,7 +83,7 @@ def test_other_filters_and_salun_masks_refuse_candidate_files(files, tmp_path):
     with pytest.raises(InputFileError, match="gradients.keep: candidates.*bias"):
         analyse(out["candidates", "forget"], out["candidates", "retain"], weights, exclude=("embedding",))
     with pytest.raises(InputFileError, match="gradients.keep: all"):
-        masks_stage(
+        salun_masks(
             {"grad_forget": out["candidates", "forget"]},
             {"salun_0.5": tmp_path / "m.safetensors"},
             {"fractions": [0.5], "rank_among": "all"},

@@ -17,6 +17,7 @@ from unlearnflow.methods import METHODS, get_method
 from unlearnflow.methods.i2i import loop
 from unlearnflow.methods.i2i.loop import I2IContext, Step, li_loss, noise_images
 from unlearnflow.models import i2i
+from unlearnflow.stages.i2i import import_i2i
 
 TASKS = i2i.parse_tasks(
     [
@@ -278,7 +279,7 @@ def test_a_diffusers_unet_checkpoint_through_the_interface(tmp_path):
     )
     unet.save_pretrained(tmp_path / "unet")
     out = i2i.model_files(tmp_path / "model")
-    i2i.import_stage({}, {k: str(v) for k, v in out.items()}, {"adapter": "diffusers_unet", "checkpoint": str(tmp_path / "unet"), "model_cfg": {}})
+    import_i2i({}, {k: str(v) for k, v in out.items()}, {"adapter": "diffusers_unet", "checkpoint": str(tmp_path / "unet"), "model_cfg": {}})
     model = i2i.load_i2i(tmp_path / "model")
     assert model.adapter == "diffusers_unet" and model.image_size == 16
     x = i2i.to_float(images(2, 3))
@@ -309,7 +310,7 @@ def test_an_official_mae_checkpoint_through_the_interface(tmp_path):
     state["mask_token"] = torch.zeros(1, 1, 16)
     torch.save({"model": state}, tmp_path / "mae.pth")
     out = i2i.model_files(tmp_path / "model")
-    i2i.import_stage({}, {k: str(v) for k, v in out.items()}, {"adapter": "timm_mae", "checkpoint": str(tmp_path / "mae.pth"), "model_cfg": TINY_MAE})
+    import_i2i({}, {k: str(v) for k, v in out.items()}, {"adapter": "timm_mae", "checkpoint": str(tmp_path / "mae.pth"), "model_cfg": TINY_MAE})
     model = i2i.load_i2i(tmp_path / "model")
     x = i2i.to_float(images(2, 4))
     m = i2i.batch_mask(TASKS[2], 2, 16)

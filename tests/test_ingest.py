@@ -12,6 +12,7 @@ from PIL import Image
 from unlearnflow.data import ingest as ing
 from unlearnflow.data.shards import iter_samples
 from unlearnflow.io import InputFileError, UnlearnflowError, read_json
+from unlearnflow.stages.data import ingest_eval_set
 
 SIZE = 32
 
@@ -236,7 +237,7 @@ def test_read_names_file_formats(tmp_path):
 
 
 # ------------------------------------------------------------------- stage
-def test_eval_stage(tmp_path, capsys):
+def test_ingest_eval_set_stage(tmp_path, capsys):
     root = tmp_path / "faces"
     for name in ("A", "B"):
         for i in range(2):
@@ -244,7 +245,7 @@ def test_eval_stage(tmp_path, capsys):
     out = {k: str(v) for k, v in outputs(tmp_path / "out").items()}
     params = {"layout": "identity_folders", "root": str(root), "image_size": SIZE, "seed": 1,
               "val_fraction": 0.3, "max_per_class": None, "top_k": None, "min_images": 1, "names_file": None}
-    ing.eval_stage({}, out, params)
+    ingest_eval_set({}, out, params)
     info = read_json(out["classes"])
     assert info["counts"] == {"val": 2, "test": 2} and info["classes"] == ["A", "B"]
     assert "of 2 identity classes" in capsys.readouterr().out

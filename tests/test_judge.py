@@ -16,6 +16,7 @@ from conftest import small_synthetic
 from unlearnflow.data.synthetic import SyntheticSpec, eval_samples, write_eval_set
 from unlearnflow.io import InputFileError, UnlearnflowError
 from unlearnflow.metrics import judge as J
+from unlearnflow.stages import t2i as stages
 
 SETS = ("identities", "objects", "styles")
 
@@ -46,7 +47,7 @@ def trained(eval_inputs, tmp_path_factory):
         "seed": 0,
         "device": "cpu",
     }
-    J.train_stage(eval_inputs, out, params)
+    stages.train_judge(eval_inputs, out, params)
     return out, params
 
 
@@ -69,7 +70,7 @@ def test_trained_judge_reads_held_out_renders(trained, eval_inputs):
     assert held["identity"]["accuracy"] >= 40 and held["style"]["accuracy"] >= 80 and held["object"]["accuracy"] >= 50, held
     assert held["object"]["n"] == 6 * 5 + 2 * 3 * 5  # object photos and styled objects
     judge = J.load_judge(out["info"])
-    images, names = J.heldout_images(J._eval_sets(eval_inputs), "identity")
+    images, names = J.heldout_images(stages._eval_sets(eval_inputs), "identity")
     pred = judge.predict(images, "identity")
     assert pred.shape == (len(names),) and pred.dtype == torch.long
     # the saved judge is the scored one
@@ -83,7 +84,7 @@ def test_a_judge_below_min_accuracy_fails_and_writes_nothing(eval_inputs, tmp_pa
     params = {"name": "weak", "synthetic": small_synthetic(), "seed": 0, "min_accuracy": 99.9,
               "train": {"per_class": {"identities": 2, "objects": 2, "styles": 1}, "width": 4, "epochs": 1}}  # fmt: skip
     with pytest.raises(UnlearnflowError, match="min_accuracy"):
-        J.train_stage(eval_inputs, out, params)
+        stages.train_judge(eval_inputs, out, params)
     assert not out["info"].exists() and not out["weights"].exists()
 
 
@@ -114,7 +115,7 @@ def test_checkpoint_judge_loads_unlearncanvas_format_and_detects_a_change(eval_i
         heads[d] = {"arch": "test_vit", "checkpoint": str(path), "classes": classes[d], "image_size": 32,
                     "state_key": "model_state_dict", "timm_kwargs": {"img_size": 32}}  # fmt: skip
     out = {"info": tmp_path / "judge.json"}
-    J.import_stage(eval_inputs, out, {"name": "uc", "kind": "checkpoint", "heads": heads, "device": "cpu"})
+    stages.import_judge(eval_inputs, out, {"name": "uc", "kind": "checkpoint", "heads": heads, "device": "cpu"})
     info = json.loads(out["info"].read_text())
     assert set(info["heldout"]) == {"style", "object"} and all(len(h["sha256"]) == 64 for h in info["heads"].values())
     judge = J.load_judge(out["info"])
@@ -127,7 +128,7 @@ def test_checkpoint_judge_loads_unlearncanvas_format_and_detects_a_change(eval_i
     # a wrong state key and a changed file are errors naming the file
     bad = {**heads["style"], "state_key": "state"}
     with pytest.raises(InputFileError, match="style.pth.*'state'"):
-        J.import_stage(eval_inputs, {"info": tmp_path / "bad.json"}, {"name": "uc", "kind": "checkpoint", "heads": {"style": bad}})
+        stages.import_judge(eval_inputs, {"info": tmp_path / "bad.json"}, {"name": "uc", "kind": "checkpoint", "heads": {"style": bad}})
     _unlearncanvas_like(tmp_path / "style.pth", classes["style"], seed=9)
     with pytest.raises(InputFileError, match="style.pth.*rerun import_judge"):
         J.load_judge(out["info"])
@@ -186,13 +187,13 @@ def test_clip_judge_is_scored_and_needs_the_clip(eval_inputs, tmp_path):
     clip_dir = tmp_path / "clip"
     save_clip(open_clip.CLIP(**cfg).eval(), cfg, clip_dir, {"source": "test"})
     out = {"info": tmp_path / "judge.json"}
-    J.import_stage({**eval_inputs, "clip_config": str(clip_dir / "open_clip_config.json")}, out,
+    stages.import_judge({**eval_inputs, "clip_config": str(clip_dir / "open_clip_config.json")}, out,
                    {"name": "zs", "kind": "clip", "device": "cpu"})  # fmt: skip
     info = json.loads(out["info"].read_text())
     assert info["kind"] == "clip" and set(info["heldout"]) == {"identity", "object", "style"}
     with pytest.raises(UnlearnflowError, match="needs the CLIP"):
         J.load_judge(out["info"])
     judge = J.load_judge(out["info"], clip_bundle=load_clip(clip_dir))
-    images, names = J.heldout_images(J._eval_sets(eval_inputs), "style")
+    images, names = J.heldout_images(stages._eval_sets(eval_inputs), "style")
     acc = 100 * float((judge.predict(images, "style") == judge.index_of("style", names)).float().mean())
     assert acc == pytest.approx(info["heldout"]["style"]["accuracy"], abs=0.01)

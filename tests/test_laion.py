@@ -33,6 +33,7 @@ from unlearnflow.data import laion
 from unlearnflow.data.shards import iter_samples
 from unlearnflow.data.synthetic import LAION_COLUMNS, sample_key
 from unlearnflow.io import InputFileError, UnlearnflowError
+from unlearnflow.stages import data as stages
 
 
 # ------------------------------------------------------------ the server
@@ -290,14 +291,14 @@ def test_metadata_stage_downloads_and_checks_parquet(server, tmp_path):
     out = tmp_path / "laion" / "meta.parquet"
     params = {"url": f"{server.base}/part-00000.parquet", "sha256": _sha(data), "size": len(data),
               "retries": 2, "backoff": 0.01, "timeout": 10}
-    laion.metadata_stage({}, {"parquet": str(out)}, params)
+    stages.laion_metadata({}, {"parquet": str(out)}, params)
     assert pq.read_table(out).num_rows == 30
 
     bad = tmp_path / "laion" / "bad.parquet"
     params = {"url": f"{server.base}/error.html", "sha256": None, "size": None,
               "retries": 0, "backoff": 0.01, "timeout": 10}
     with pytest.raises(InputFileError, match="not a readable parquet"):
-        laion.metadata_stage({}, {"parquet": str(bad)}, params)
+        stages.laion_metadata({}, {"parquet": str(bad)}, params)
     assert not bad.exists() and not _part(bad).exists()
 
 
@@ -320,9 +321,9 @@ def test_shard_metadata_slices_rows(metadata, tmp_path, shard, expected):
     pd.testing.assert_frame_equal(df, _laion_frame(25).iloc[list(expected)].reset_index(drop=True))
 
 
-def test_shard_metadata_stage(metadata, tmp_path):
+def test_laion_shard_metadata_stage(metadata, tmp_path):
     out = tmp_path / "s.parquet"
-    laion.shard_metadata_stage(
+    stages.laion_shard_metadata(
         {"metadata": str(metadata)}, {"parquet": str(out)},
         {"shard": "00001", "samples_per_shard": 12, "url_col": "URL", "caption_col": "TEXT"},
     )
@@ -450,7 +451,7 @@ def test_images_stage_all_urls_failing_is_an_error(server, tmp_path):
               "timeout": 5, "retries": 0, "resize_mode": "border", "encode_quality": 95,
               "samples_per_shard": 10_000}
     with pytest.raises(UnlearnflowError) as exc:
-        laion.images_stage({"parquet": str(parquet)}, out, params)
+        stages.laion_images({"parquet": str(parquet)}, out, params)
     msg = str(exc.value)
     assert "shard 00007" in msg and "3 images" in msg and "404" in msg
     assert not os.path.exists(out["tar"]) and not os.path.exists(out["stats"])
@@ -459,9 +460,9 @@ def test_images_stage_all_urls_failing_is_an_error(server, tmp_path):
 
 UNGUARDED_SCRIPT = """
 import sys
-from unlearnflow.data import laion
+from unlearnflow.stages import data as stages
 # no `if __name__ == "__main__"` guard, like the script Snakemake runs
-laion.images_stage({"parquet": sys.argv[1]}, {"tar": sys.argv[2], "stats": sys.argv[3]},
+stages.laion_images({"parquet": sys.argv[1]}, {"tar": sys.argv[2], "stats": sys.argv[3]},
                    {"shard": "00001", "image_size": 32, "threads": 2, "samples_per_shard": 10000})
 print("STAGE DONE")
 """

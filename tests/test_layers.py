@@ -15,7 +15,6 @@ from unlearnflow.layers import (
     COLUMNS,
     alignment,
     analyse,
-    analysis_stage,
     importance,
     is_candidate,
     is_layernorm,
@@ -24,6 +23,7 @@ from unlearnflow.layers import (
     short_name,
     tower,
 )
+from unlearnflow.stages.gradients import layer_analysis
 
 # ---------------------------------------------------------------- metrics
 
@@ -579,10 +579,10 @@ def test_pareto_plot_edge_cases(files, tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_analysis_stage(files, tmp_path, capsys):
+def test_layer_analysis_stage(files, tmp_path, capsys):
     out = {"table": tmp_path / "res" / "layers.parquet", "plot": tmp_path / "res" / "layers.png"}
     inp = dict(zip(("grad_forget", "grad_retain", "weights"), map(str, files)))
-    analysis_stage(inp, out, {"use_abs_alignment": True, "exclude": ["bias", "logit_scale", "position", "embedding"],
+    layer_analysis(inp, out, {"use_abs_alignment": True, "exclude": ["bias", "logit_scale", "position", "embedding"],
                               "include_layernorm": True, "matrices_only": False, "threads": 1})  # fmt: skip
     df = read_parquet(out["table"])
     assert list(df.columns) == COLUMNS
@@ -597,5 +597,7 @@ def test_analysis_stage(files, tmp_path, capsys):
 def test_stage_is_importable_by_cli_convention():
     import importlib
 
-    mod, func = "unlearnflow.layers:analysis_stage".split(":")
-    assert getattr(importlib.import_module(mod), func) is analysis_stage
+    from unlearnflow.registry import STAGES
+
+    mod, func = STAGES["layer_analysis"].split(":")
+    assert getattr(importlib.import_module(mod), func) is layer_analysis

@@ -10,10 +10,10 @@ from unlearnflow.masks import (
     global_topk_masks,
     iter_topk_masks,
     load_mask,
-    masks_stage,
     out_key,
     save_mask,
 )
+from unlearnflow.stages.gradients import salun_masks
 
 FRACTIONS = [round(0.1 * i, 1) for i in range(1, 11)]
 
@@ -188,7 +188,7 @@ def test_masks_stage_writes_every_fraction(tmp_path, capsys):
     fractions = [0.1, 0.5, 1.0]
     out = {out_key(f): tmp_path / "masks" / f"salun_{f}.safetensors" for f in fractions}
     assert sorted(out) == ["salun_0.1", "salun_0.5", "salun_1.0"]
-    masks_stage({"grad_forget": src}, out, {"fractions": fractions, "rank_among": "all"})
+    salun_masks({"grad_forget": src}, out, {"fractions": fractions, "rank_among": "all"})
     expected = global_topk_masks(grads, fractions)
     for f in fractions:
         masks, meta = load_mask(out[out_key(f)])
@@ -206,10 +206,10 @@ def test_masks_stage_rejects_retain_gradients_and_mismatched_outputs(tmp_path):
     src = write_grads(tmp_path / "grad_retain.safetensors", random_grads(), set_="retain")
     out = {"salun_0.5": tmp_path / "m.safetensors"}
     with pytest.raises(InputFileError, match="grad_retain.safetensors.*'retain'"):
-        masks_stage({"grad_forget": src}, out, {"fractions": [0.5], "rank_among": "all"})
+        salun_masks({"grad_forget": src}, out, {"fractions": [0.5], "rank_among": "all"})
     forget = write_grads(tmp_path / "grad_forget.safetensors", random_grads())
     with pytest.raises(UnlearnflowError, match="salun_0.1"):
-        masks_stage({"grad_forget": forget}, out, {"fractions": [0.1, 0.5], "rank_among": "all"})
+        salun_masks({"grad_forget": forget}, out, {"fractions": [0.1, 0.5], "rank_among": "all"})
     with pytest.raises(UnlearnflowError, match="do not match"):
-        masks_stage({"grad_forget": forget}, {"salun_0.50": tmp_path / "m.safetensors"}, {"fractions": [0.5], "rank_among": "all"})
+        salun_masks({"grad_forget": forget}, {"salun_0.50": tmp_path / "m.safetensors"}, {"fractions": [0.5], "rank_among": "all"})
     assert not (tmp_path / "m.safetensors").exists()

@@ -4,6 +4,7 @@ table, checkpoints as inputs, provenance records."""
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import os
 import pkgutil
@@ -19,7 +20,8 @@ from conftest import BIN, REPO, small_config
 from unlearnflow import provenance as P
 from unlearnflow.cli import Names, contract_problems
 from unlearnflow.io import InputFileError
-from unlearnflow.registry import METHOD_RULES, METHODS, STAGES
+from unlearnflow.registry import METHOD_RULES, METHODS, RULES, STAGES
+from unlearnflow.stages.tables import provenance_index
 
 MODULES = ["unlearnflow"] + [m.name for m in pkgutil.walk_packages(unlearnflow.__path__, "unlearnflow.")]
 
@@ -60,6 +62,56 @@ def test_the_import_scanner_finds_what_the_ast_finds(name):
     assert want_other <= set(other)  # the text scan may see more (docstrings): never less
 
 
+def ast_stage_imports(module: str, function: str) -> tuple[set, set]:
+    """The same question as provenance.stage_imports, asked of the ast: the
+    module's top level and decorators, the function and, transitively, every
+    module-level function it names."""
+    path = P.module_file(module)
+    tree = ast.parse(path.read_bytes())
+    funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    todo = [n for n in tree.body if n not in funcs.values()] + [d for f in funcs.values() for d in f.decorator_list]
+    todo.append(funcs[function])
+    named, imports, froms = {function}, [], []
+    while todo:
+        for node in ast.walk(todo.pop()):
+            if isinstance(node, ast.Name) and node.id in funcs and node.id not in named:
+                named.add(node.id)
+                todo.append(funcs[node.id])
+            elif isinstance(node, ast.Import):
+                imports += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                froms.append((node.level, node.module or "", [a.name for a in node.names]))
+    project, other = P._resolve(module.rpartition(".")[0], imports, froms)
+    return set(project), set(other)
+
+
+@pytest.mark.parametrize("rule", sorted(STAGES))
+def test_the_stage_scanner_finds_what_the_ast_finds(rule):
+    module, function = STAGES[rule].split(":")
+    project, other = P.stage_imports(module, function)
+    want_project, want_other = ast_stage_imports(module, function)
+    assert set(project) == want_project
+    assert want_other <= set(other)
+
+
+def test_stage_modules_mirror_the_rules_files_and_import_algorithms_lazily():
+    """One stage module per rules file, one function per rule; what a stage
+    module imports at its top level is in every one of its rules'
+    fingerprints, so it imports no algorithm there (nor torch: a table job
+    stays torch-free)."""
+    rules_files = {p.stem for p in (REPO / "workflow/rules").glob("*.smk")} - {"common"}
+    assert set(RULES) == rules_files
+    for name in RULES:
+        module = f"unlearnflow.stages.{name}"
+        text = P.module_file(module).read_text()
+        smk = (REPO / f"workflow/rules/{name}.smk").read_text()
+        assert set(RULES[name]) == set(re.findall(r"^\s*(?:rule|checkpoint) (\w+):", smk, re.M)) - {"data"}
+        assert all(callable(getattr(importlib.import_module(module), rule)) for rule in RULES[name])
+        top = "\n".join(line for line in text.splitlines() if re.match(r"(from|import) ", line))
+        assert set(re.findall(r"^from \.\.(\w*)", top, re.M)) <= {"io"}, f"{module} imports algorithms at its top level"
+        assert "torch" not in top and "pandas" not in top
+
+
 @pytest.fixture
 def package_copy(tmp_path, monkeypatch):
     """provenance reading a copy of the package, so a test can edit it."""
@@ -68,7 +120,7 @@ def package_copy(tmp_path, monkeypatch):
     monkeypatch.setattr(P, "ROOT", root)
 
     def clear():
-        for f in (P.direct_imports, P.closure, P._file_digest, P.code_fingerprint):
+        for f in (P.direct_imports, P._stage_parts, P.stage_imports, P.closure, P._file_digest, P.code_fingerprint):
             f.cache_clear()
 
     clear()
@@ -113,8 +165,28 @@ def test_a_fingerprint_changes_with_the_source_its_rule_runs_and_nothing_else(pa
     assert {"synthetic_shard", "synthetic_eval_set", "i2i_images"} <= drawn and "select_sets" not in drawn
     # a comment counts (simple and correct beats clever)
     assert changed_by(root, clear, "tables.py", "# a comment\n")
+    # an algorithm module that one stage function imports: that rule, not
+    # the others of the same stage module (stages/tables.py, stages/unlearn.py)
+    assert changed_by(root, clear, "plots.py") == {("clip_tradeoff", None), ("slug_search_plot", None)}
+    assert changed_by(root, clear, "metrics/mia.py") == {("evaluate_clip", None)}
+    assert changed_by(root, clear, "metrics/i2i_eval.py") == {("evaluate_i2i", None), ("i2i_table", None), ("i2i_tsne", None)}
     # the registry is glue: adding a method reruns nothing
     assert changed_by(root, clear, "registry.py", "\nMETHODS['clip']['new'] = 'unlearnflow.methods.new'\n") == set()
+
+
+def test_a_stage_module_is_in_the_fingerprint_of_each_of_its_rules_and_only_theirs(package_copy):
+    root, clear = package_copy
+    for name in ("tables", "t2i"):
+        rules = {(r, m) for r in RULES[name] for m in (METHODS[METHOD_RULES[r]] if r in METHOD_RULES else [None])}
+        assert changed_by(root, clear, f"stages/{name}.py") == rules
+    # a helper's imports count for the stages that call it, not the others
+    attacks = "unlearnflow.stages.attacks"
+    assert "unlearnflow.metrics.clip_eval" in P.stage_imports(attacks, "relearn_clip")[0]  # via _clip_setup
+    assert "unlearnflow.metrics.clip_eval" not in P.stage_imports(attacks, "relearn_t2i")[0]
+    assert "unlearnflow.models.diffusion" not in P.stage_imports(attacks, "attack_clip")[0]
+    # a helper passed on by name runs too (the family's loader and context)
+    assert "unlearnflow.models.diffusion" in P.stage_imports("unlearnflow.stages.t2i", "unlearn_t2i")[0]  # _load_t2i
+    assert "unlearnflow.metrics.clip_eval" in P.stage_imports("unlearnflow.stages.unlearn", "unlearn_clip")[0]  # _clip_context
 
 
 def test_a_fingerprint_holds_the_versions_of_the_libraries_its_sources_import(monkeypatch):
@@ -150,12 +222,12 @@ def test_provenance_index_refuses_a_record_that_does_not_match_its_id(tmp_path):
     rec = {"rule": "evaluate_clip", "code": "c", "params_hash": "p"}
     good = tmp_path / "a.provenance.json"
     good.write_text(json.dumps({P.record_id(rec): rec}))
-    P.index_stage({"tables": [str(good)]}, {"json": str(tmp_path / "p.json")}, {})
+    provenance_index({"tables": [str(good)]}, {"json": str(tmp_path / "p.json")}, {})
     assert json.loads((tmp_path / "p.json").read_text()) == {P.record_id(rec): rec}
     bad = tmp_path / "b.provenance.json"
     bad.write_text(json.dumps({P.record_id(rec): {**rec, "code": "edited"}}))
     with pytest.raises(InputFileError, match="b.provenance.json.*does not match"):
-        P.index_stage({"tables": [str(good), str(bad)]}, {"json": str(tmp_path / "q.json")}, {})
+        provenance_index({"tables": [str(good), str(bad)]}, {"json": str(tmp_path / "q.json")}, {})
 
 
 def test_a_table_row_without_a_provenance_record_is_an_error(tmp_path):

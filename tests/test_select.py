@@ -278,7 +278,8 @@ def test_pretraining_leaves_out_exactly_the_held_out_rows(tmp_path):
     """The rows select_sets holds out as non-members are never trained on,
     or MIA would score members as non-members."""
     from unlearnflow.data.heldout import is_heldout
-    from unlearnflow.models.clip import iter_pairs, pretrain_stage
+    from unlearnflow.models.clip import iter_pairs
+    from unlearnflow.stages.models import pretrain_clip
 
     rows = [(f"{i:04d}", f"a view {i}", i) for i in range(60)]
     part = _shard(tmp_path / "part.tar", rows)
@@ -290,7 +291,7 @@ def test_pretraining_leaves_out_exactly_the_held_out_rows(tmp_path):
     params = {"train": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "weight_decay": 0.1, "warmup_steps": 1},
               "seed": 0, "device": "cpu", "threads": 1, "heldout_fraction": 0.25, "data_seed": 3}  # fmt: skip
     files = {"config": out / "open_clip_config.json", "weights": out / "open_clip_model.safetensors", "info": out / "model.json"}
-    pretrain_stage({"shards": [str(part)]}, {k: str(v) for k, v in files.items()}, params)
+    pretrain_clip({"shards": [str(part)]}, {k: str(v) for k, v in files.items()}, params)
     info = json.loads(files["info"].read_text())
     assert info["train"]["pairs"] == len(kept) and info["train"]["heldout_fraction"] == 0.25
 

@@ -20,8 +20,7 @@ from unlearnflow.gradients import (
     set_loss,
 )
 from unlearnflow.io import UnlearnflowError
-from unlearnflow.layers import analysis_stage
-from unlearnflow.methods import get_method, unlearn_stage
+from unlearnflow.methods import get_method
 from unlearnflow.methods.slug import (
     CachedVisionEncoder,
     ProbeEvaluator,
@@ -34,6 +33,8 @@ from unlearnflow.methods.slug import (
 )
 from unlearnflow.metrics.clip_eval import EvalSuite, eval_sets_from
 from unlearnflow.models.clip import export_open_clip, load_clip, save_clip, tiny_config
+from unlearnflow.stages.gradients import layer_analysis
+from unlearnflow.stages.unlearn import unlearn_clip
 
 from conftest import write_small_eval_sets
 
@@ -395,7 +396,7 @@ def test_real_path_export_gradients_layers_and_slug(tmp_path, small_shards, eval
         grads[which] = tmp_path / f"{which}.safetensors"
         compute_set_gradients(model, sets / f"{which}.tar", grads[which], which=which, loss=loss, batch_size=64)
     layers = {"table": tmp_path / "layers.parquet", "plot": tmp_path / "layers.png"}
-    analysis_stage(
+    layer_analysis(
         {"grad_forget": grads["forget"], "grad_retain": grads["retain"], "weights": model / "open_clip_model.safetensors"},
         layers,
         {"use_abs_alignment": False, "include_layernorm": True},
@@ -406,7 +407,7 @@ def test_real_path_export_gradients_layers_and_slug(tmp_path, small_shards, eval
     out = {k: tmp_path / "slug" / n for k, n in (("delta", "delta.safetensors"), ("trace", "search.parquet"), ("info", "info.json"))}
     inp = {"config": model / "open_clip_config.json", "grad_forget": grads["forget"], "layers": layers["table"], **eval_dir}
     params = {"method": "slug", "target": TARGET, "params": {"max_layers_per_tower": 1, "max_probes": 3}, "device": "cpu"}
-    unlearn_stage(inp, out, params)
+    unlearn_clip(inp, out, params)
     delta = load_file(out["delta"])
     assert len(delta) == 1  # SLUG changes exactly one tensor
     info = json.loads(out["info"].read_text())

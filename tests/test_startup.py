@@ -84,3 +84,20 @@ def test_a_tables_job_imports_no_torch(tmp_path):
         print(json.dumps([m for m in ("torch", "transformers", "open_clip", "diffusers", "sklearn") if m in sys.modules]))
     """)
     assert got == [] and "total,1 jobs,1.50" in (tmp_path / "c.csv").read_text()
+
+
+def test_stage_modules_import_no_field_library_and_the_import_rules_are_stages():
+    """A stage module imports its algorithms inside each stage function, so
+    loading it (as the dispatcher does for every job) costs nothing."""
+    got = fresh("""
+        import importlib, json, sys
+        from unlearnflow.registry import RULES
+        for name in RULES:
+            importlib.import_module(f"unlearnflow.stages.{name}")
+        print(json.dumps([m for m in ("torch", "pandas", "numpy", "PIL", "transformers") if m in sys.modules]))
+    """)
+    assert got == []
+    from unlearnflow.cli import TRANSFORMERS_RULES, WANDB_RULES
+    from unlearnflow.registry import STAGES
+
+    assert TRANSFORMERS_RULES | WANDB_RULES <= set(STAGES)  # rule names, kept in step with the rules

@@ -1,4 +1,5 @@
-"""Entry points: one stage per Snakemake rule, looked up by the rule's name.
+"""Entry points: one stage per Snakemake rule, looked up by the rule's name
+(:data:`unlearnflow.registry.STAGES`: the functions of :mod:`unlearnflow.stages`).
 
 Every stage is a function ``stage(inp: dict, out: dict, params: dict)``
 whose dicts map the rule's input, output and params names to values. The

@@ -14,18 +14,16 @@ report; ``prompts.parquet`` beside them records prompt, seed, file and labels.
 from __future__ import annotations
 
 import json
-import time
-from pathlib import Path
 
 import pandas as pd
 
-from .io import UnlearnflowError, atomic_path, write_parquet
+from .io import UnlearnflowError, atomic_path
+from .targets import DOMAINS
 
 IDENTITY_FORGET = ("a photo of {n}", "Portrait of {n}", "{n} poses for a portrait", "{n} smiling on the red carpet")
 IDENTITY_RETAIN = "a photo of {n}"
 OBJECT_PROMPT = "a photo of a {o}"
 STYLE_PROMPT = "A {o} image in {s} style."
-DOMAINS = {"identity": "identities", "object": "objects", "style": "styles"}
 
 
 def prompt_sets(target: dict, concepts: dict, *, seeds: list[int], retain_per_style: int = 3) -> dict[str, pd.DataFrame]:
@@ -85,29 +83,6 @@ def generate_set(bundle, table: pd.DataFrame, out_dir, sampling: dict, grid_path
     return table
 
 
-def generate_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``generate_t2i``: the prompt sets of one target, from the base
-    model or an unlearned one (base + delta)."""
-    import torch
-
-    from .models.clip import resolve_device
-    from .models.diffusion import load_t2i
-
-    if params.get("threads"):
-        torch.set_num_threads(int(params["threads"]))
-    model_dir = Path(inp["model"]).parent
-    bundle = load_t2i(model_dir, device=resolve_device(params.get("device", "auto")), delta=inp.get("delta"))
-    sets = prompt_sets(params["target"], params["concepts"], seeds=list(params["sampling"]["seeds"]))
-    t0 = time.time()
-    rows = []
-    for name, table in sets.items():
-        folder = Path(out[f"{name}_dir"])
-        done = generate_set(bundle, table, folder, params["sampling"], grid_path=out[f"{name}_grid"])
-        rows.append(done.assign(set=name, dir=str(folder)))
-    write_parquet(out["prompts"], pd.concat(rows, ignore_index=True))
-    print(f"generated {sum(len(r) for r in rows)} images in {time.time() - t0:.1f} s")
-
-
 def compare_grid(images: dict[str, "torch.Tensor"], tables: dict[str, pd.DataFrame], upscale: int = 3):
     """A PIL image: one row per prompt (the tables' order), one block of
     columns per model with the same seeds, each picture over its judge label
@@ -153,29 +128,3 @@ def compare_grid(images: dict[str, "torch.Tensor"], tables: dict[str, pd.DataFra
                 label = ", ".join(json.loads(row["predicted"]).values())
                 draw.text((x, y + size + 1), label[:16], fill="#0a7d12" if row["correct"] else "#c0161c", font=font)
     return canvas
-
-
-def compare_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``t2i_compare_grid``: base | methods side by side, judge labels."""
-    from .io import read_parquet
-    from .metrics.t2i_eval import load_generated
-
-    images, tables = {}, {}
-    for m, prompts_path, preds_path in zip(params["methods"], inp["prompts"], inp["predictions"]):
-        prompts = read_parquet(prompts_path)
-        preds = read_parquet(preds_path)
-        parts = []
-        for which in ("forget", "retain"):
-            img, rows = load_generated(prompts, which)
-            p = preds[preds["set"] == which].reset_index(drop=True)
-            if not p["file"].equals(rows["file"]):
-                raise UnlearnflowError(f"{preds_path}: its {which} rows do not match {prompts_path}; rerun evaluate_t2i")
-            parts.append((img, p))
-        import torch
-
-        images[m] = torch.cat([a for a, _ in parts])
-        tables[m] = pd.concat([b for _, b in parts], ignore_index=True)
-    grid = compare_grid(images, tables)
-    with atomic_path(out["png"]) as tmp:
-        grid.save(tmp, format="PNG")
-    print(f"wrote {out['png']}: {grid.width} x {grid.height} px, models {list(images)}")

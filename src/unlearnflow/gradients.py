@@ -36,7 +36,6 @@ import logging
 import math
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 
@@ -290,23 +289,3 @@ def compute_set_gradients(
         keep=keep,
         candidate_filter=candidate_filter,
     )
-
-
-def gradients_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``clip_gradients``. ``candidates`` (the layer filter) is None
-    when ``keep`` is ``all``."""
-    meta = compute_set_gradients(
-        Path(inp["config"]).parent,
-        inp["tar"],
-        out["grads"],
-        which=params["set"],
-        loss=params["loss"],
-        batch_size=int(params["batch_size"]),
-        device=params.get("device", "auto"),
-        amp=bool(params.get("amp", False)),
-        threads=params.get("threads"),
-        keep=params.get("keep", "all"),
-        candidate_filter=params.get("candidates"),
-    )
-    keys = ("set", "loss", "samples", "batches", "mean_loss", "grad_norm", "seconds", "keep", "left_out")
-    print({k: meta[k] for k in keys if k in meta})

@@ -41,7 +41,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .io import InputFileError, UnlearnflowError, atomic_path, write_parquet
+from .io import InputFileError, UnlearnflowError, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -490,32 +490,3 @@ def pareto_plot(df, path: os.PathLike | str, title: str | None = None, *, use_ab
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=150)
-
-
-# --------------------------------------------------------------------------
-# stage
-
-
-def analysis_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``layer_analysis``: inputs grad_forget, grad_retain, weights;
-    outputs table (parquet), plot (png); params use_abs_alignment, exclude,
-    include_layernorm, matrices_only."""
-    use_abs = bool(params.get("use_abs_alignment", True))  # the reference |cos|
-    exclude = params.get("exclude")
-    exclude = DEFAULT_EXCLUDE if exclude is None else tuple(exclude)
-    df = analyse(
-        inp["grad_forget"],
-        inp["grad_retain"],
-        inp["weights"],
-        use_abs_alignment=use_abs,
-        exclude=exclude,
-        include_layernorm=bool(params.get("include_layernorm", True)),
-        matrices_only=bool(params.get("matrices_only", False)),
-    )
-    write_parquet(out["table"], df)
-    pareto_plot(df, out["plot"], title=params.get("title"), use_abs_alignment=use_abs)
-    print(f"{len(df)} parameters, {int(df['candidate'].sum())} candidates; front by {'|alignment|' if use_abs else 'alignment'}:")
-    for t in TOWERS:
-        front = df[df["pareto"] & (df["tower"] == t)].sort_values("front_rank")
-        layers = ", ".join(f"{short_name(r.name)} (imp {r.importance:.3g}, cos {r.alignment:+.3f})" for r in front.itertuples())
-        print(f"  {t}: {layers or '(none)'}")

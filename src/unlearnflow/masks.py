@@ -32,7 +32,6 @@ gradient file (excluded ones included, all False) and metadata
 
 from __future__ import annotations
 
-import math
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -251,39 +250,3 @@ def load_mask(path) -> tuple[dict[str, torch.Tensor], dict]:
         if str(kept) != meta["kept"]:
             raise InputFileError(path, f"keeps {kept} weights but its metadata says {meta['kept']}")
     return masks, meta
-
-
-def masks_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``salun_masks``: one mask file per fraction from a forget gradient file."""
-    from .gradients import load_gradients
-
-    src = inp["grad_forget"]
-    fractions = _check_fractions(params.get("fractions"))
-    exclude = tuple(params.get("exclude", DEFAULT_EXCLUDE))
-    rank_among = params["rank_among"]
-    expected = {out_key(f) for f in fractions}
-    if set(out) != expected:
-        raise UnlearnflowError(
-            f"salun_masks: outputs {sorted(out)} do not match fractions {fractions}: "
-            f"expected exactly {sorted(expected)} (missing {sorted(expected - set(out))}, "
-            f"extra {sorted(set(out) - expected)})"
-        )
-    grads, gmeta = load_gradients(src)
-    if gmeta.get("keep", "all") != "all":
-        raise InputFileError(
-            src,
-            f"holds the gradients of SLUG's candidate layers only (gradients.keep: {gmeta['keep']}); "
-            "SalUn's global mask ranks every weight of the model: set gradients.keep: all",
-        )
-    if gmeta.get("set") != "forget":
-        raise InputFileError(src, f"gradient set is {gmeta.get('set')!r}; SalUn masks need the forget gradient")
-    extra = {k: gmeta[k] for k in ("loss", "model_fingerprint", "samples") if k in gmeta}
-    for f, masks, info in iter_topk_masks(grads, fractions, exclude=exclude, rank_among=rank_among):
-        save_mask(out[out_key(f)], masks, mask_metadata(info, src, exclude, extra))
-        pct = 100.0 * info["realised_fraction"]
-        print(
-            f"salun mask f={f} of {info['ranked']} {rank_among} weights: kept {info['kept']}/{info['total']} ({pct:.4f}%), "
-            f"threshold |g|={info['threshold']:.6g}, ties taken {info['ties_taken']} -> {out[out_key(f)]}"
-        )
-        if math.isinf(info["threshold"]):
-            print(f"warning: threshold is inf for f={f}: the gradient has infinite entries")

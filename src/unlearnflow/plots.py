@@ -50,12 +50,6 @@ def tradeoff_plot(table: pd.DataFrame, path, title: str = "CLIP unlearning: forg
         fig.savefig(tmp, format="png")
 
 
-def tradeoff_stage(inp: dict, out: dict, params: dict) -> None:
-    table = pd.read_csv(inp["table"])
-    tradeoff_plot(table, out["png"], params.get("title", "CLIP unlearning: forget vs keep"))
-    print(f"wrote {out['png']}")
-
-
 # ------------------------------------------------------ step-size search
 TRACE_SERIES = (  # column, label, colour, marker
     ("fa1", "forget FA@1 (target)", "tab:red", "o"),
@@ -188,15 +182,3 @@ def _log_ticks(ax, lo: float, hi: float) -> None:
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.4g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
-
-
-def search_trace_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``slug_search_plot``: the search trace of one (model, target)."""
-    from .io import InputFileError, read_json, read_parquet
-
-    trace = read_parquet(inp["trace"])
-    info = read_json(inp["info"])
-    if len(trace) and "lam" not in trace.columns:
-        raise InputFileError(inp["trace"], f"not a step-size search trace (columns {list(trace.columns)})")
-    search_trace_plot(trace, info, out["png"], params["title"])
-    print(f"wrote {out['png']}: {len(trace)} probes")

@@ -1,11 +1,15 @@
 """Where a result comes from: code fingerprints and provenance records.
 
 **Code fingerprint of a rule.** The stage a rule runs (:data:`registry.STAGES`)
-is one module; that module, every project module it imports (transitively,
-read from the source text, never imported, so the Snakefile can compute
-it in milliseconds), the parent packages that importing them
-executes, and the versions of the field libraries those sources import
-(torch, open_clip, diffusers, ...) make up what the job can run. A rule
+is one function of a stage module (``stages/X.py``, one per rules file).
+That module's text, the modules it imports at its top level and inside that
+function (and inside the module's functions that function names, so a
+stage's neighbours in the module add nothing), every project
+module those import (transitively, read from the source text, never
+imported, so the Snakefile can compute it in milliseconds), the parent
+packages that importing them executes, and the versions of the field
+libraries those sources import (torch, open_clip, diffusers, ...) make up
+what the job can run. A rule
 generic over ``{method}`` adds that method's module
 (:data:`registry.METHODS`). The sha256 over all of it is a ``params:`` value
 of the rule, so Snakemake's params trigger reruns exactly the jobs whose code
@@ -39,9 +43,11 @@ from .registry import METHOD_RULES, METHODS, STAGES
 PACKAGE = "unlearnflow"
 ROOT = Path(__file__).resolve().parent
 # Glue, not part of any fingerprint: the registry (a rule's fingerprint holds
-# its own entries instead, so adding a method reruns nothing) and the
+# its own entries instead, so adding a method reruns nothing), the method
+# table (its defaults reach each job merged into the rule's params, so a
+# changed default reruns the jobs it changes, and only those) and the
 # dispatcher.
-GLUE = frozenset({f"{PACKAGE}.registry", f"{PACKAGE}.cli", f"{PACKAGE}.__main__"})
+GLUE = frozenset({f"{PACKAGE}.registry", f"{PACKAGE}.method_table", f"{PACKAGE}.cli", f"{PACKAGE}.__main__"})
 
 # import name -> distribution: the libraries whose version can change numbers
 # (kernels, samplers, resizers, JPEG codecs, solvers). A rule's fingerprint
@@ -100,16 +106,11 @@ def _names(text: str) -> list[str]:
     return names
 
 
-@lru_cache(maxsize=None)
-def direct_imports(name: str) -> tuple[frozenset, frozenset]:
-    """(project modules, top-level third-party names) that the source of
-    module ``name`` imports anywhere: at the top, in functions, relative or
-    absolute. ``from . import x`` counts x when x is a module."""
-    path = module_file(name)
-    if path is None:
-        raise ValueError(f"no source for module {name!r} under {ROOT}")
-    text = path.read_text(encoding="utf-8")
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+def _resolve(package: str, imports, froms) -> tuple[frozenset, frozenset]:
+    """(project modules, top-level third-party names) of import statements
+    read in package ``package``: ``imports`` the modules of ``import a.b``,
+    ``froms`` (level, module, names) of ``from ..a import b``. ``from . import
+    x`` counts x when x is a module."""
     project: set[str] = set()
     other: set[str] = set()
 
@@ -119,27 +120,108 @@ def direct_imports(name: str) -> tuple[frozenset, frozenset]:
         elif mod and mod.split(".")[0] != PACKAGE:
             other.add(mod.split(".")[0])
 
-    for m in _IMPORT.finditer(text):
-        for mod in _names(m.group(1)):
-            add(mod)
-    for m in _FROM.finditer(text):
-        dots, mod = m.group(1), m.group(2)
-        if dots:
+    for mod in imports:
+        add(mod)
+    for level, mod, aliases in froms:
+        if level:
             base = package.split(".")
-            base = base[: len(base) - (len(dots) - 1)]
+            base = base[: len(base) - (level - 1)]
             mod = ".".join(base + ([mod] if mod else []))
         add(mod)
-        for alias in _names(m.group(3)):
+        for alias in aliases:
             if module_file(f"{mod}.{alias}") is not None:
                 project.add(f"{mod}.{alias}")
     return frozenset(project), frozenset(other)
 
 
+def _package(name: str, path: Path) -> str:
+    return name if path.name == "__init__.py" else name.rpartition(".")[0]
+
+
 @lru_cache(maxsize=None)
-def closure(modules: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def direct_imports(name: str) -> tuple[frozenset, frozenset]:
+    """(project modules, top-level third-party names) that the source of
+    module ``name`` imports anywhere: at the top, in functions, relative or
+    absolute. ``from . import x`` counts x when x is a module."""
+    path = module_file(name)
+    if path is None:
+        raise ValueError(f"no source for module {name!r} under {ROOT}")
+    text = path.read_text(encoding="utf-8")
+    imports = [mod for m in _IMPORT.finditer(text) for mod in _names(m.group(1))]
+    froms = [(len(m.group(1)), m.group(2), _names(m.group(3))) for m in _FROM.finditer(text)]
+    return _resolve(_package(name, path), imports, froms)
+
+
+_DEF = re.compile(r"(?:async[ \t]+)?def[ \t]+(\w+)")
+# a name, called or passed on (a helper handed to another function runs too)
+_NAME = re.compile(r"(?<![\w.`])(\w+)(?=[ \t]*[(,)])")
+_COMMENT = re.compile(r"#[^\n]*")  # "(generate_t2i)" in a comment runs nothing
+
+
+@lru_cache(maxsize=None)
+def _stage_parts(name: str) -> tuple[Path, dict]:
+    """The source file of stage module ``name`` and, for each of its
+    top-level functions and for what runs on import (key None: everything
+    but the function bodies), the module's functions it names (calls, or
+    passes on: ``Family("clip", _load_clip, ...)``) and its
+    import statements. Read from the text: a top-level function runs from
+    its ``def`` line to the next line that starts in column 0 (a comment or
+    a closing bracket excepted); tests/test_provenance.py checks this
+    against the ast."""
+    path = module_file(name)
+    if path is None:
+        raise ValueError(f"no source for module {name!r} under {ROOT}")
+    segments: dict = {None: []}
+    current = None
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        if current is not None and (not line.strip() or line[0] in " \t#)]}"):
+            segments[current].append(line)
+            continue
+        m = _DEF.match(line)
+        current = m.group(1) if m else None
+        segments.setdefault(current, []).append(line)
+    parts = {}
+    for key, lines in segments.items():
+        text = "".join(lines)
+        named = {w for w in _NAME.findall(_COMMENT.sub("", text)) if w in segments and w != key}
+        imports = [mod for m in _IMPORT.finditer(text) for mod in _names(m.group(1))]
+        froms = [(len(m.group(1)), m.group(2), _names(m.group(3))) for m in _FROM.finditer(text)]
+        parts[key] = (named, imports, froms)
+    return path, parts
+
+
+@lru_cache(maxsize=None)
+def stage_imports(name: str, function: str) -> tuple[frozenset, frozenset]:
+    """What running ``function`` of stage module ``name`` imports, as
+    :func:`direct_imports` says it: the module's top level (everything but
+    its function bodies: that runs on import), ``function`` itself and,
+    transitively, the module's functions it calls (its helpers). The other
+    rules' functions beside it add nothing: stage modules import their
+    algorithms inside each function for that."""
+    path, parts = _stage_parts(name)
+    if function is None or function not in parts:
+        raise ValueError(f"stage module {name} has no function {function!r} (registry.STAGES names it)")
+    todo, done, imports, froms = [None, function], set(), [], []
+    while todo:
+        key = todo.pop()
+        if key in done:
+            continue
+        done.add(key)
+        named, i, f = parts[key]
+        imports += i
+        froms += f
+        todo += named
+    return _resolve(_package(name, path), imports, froms)
+
+
+@lru_cache(maxsize=None)
+def closure(modules: tuple[str, ...], stage: str | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Every project module that importing ``modules`` can run (with the
     parent packages Python executes first), and the third-party top-level
-    names their sources import; both sorted."""
+    names their sources import; both sorted. ``stage`` ("module:function",
+    as :data:`registry.STAGES` names it): that module's imports are those
+    of its top level and of that function only (:func:`stage_imports`)."""
+    stage_module, _, function = (stage or "").partition(":")
     seen: set[str] = set()
     other: set[str] = set()
     todo = list(modules)
@@ -150,7 +232,7 @@ def closure(modules: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]
         seen.add(mod)
         if mod in GLUE:
             continue
-        project, libs = direct_imports(mod)
+        project, libs = stage_imports(mod, function) if mod == stage_module else direct_imports(mod)
         other |= libs
         todo += [m for m in (*project, *_parents(mod)) if m not in seen]
     return tuple(sorted(seen - GLUE)), tuple(sorted(other))
@@ -188,7 +270,7 @@ def library_version(dist: str) -> str:
 def describe(rule: str, method: str | None = None) -> dict:
     """What the fingerprint of ``rule`` covers: stage, source files (with
     their sha256), field libraries (with versions), Python."""
-    modules, libs = closure(rule_modules(rule, method))
+    modules, libs = closure(rule_modules(rule, method), STAGES[rule])
     files = {}
     for m in modules:
         path = module_file(m)
@@ -354,22 +436,3 @@ def source_stamp(value) -> str | None:
     base = root if root.is_dir() else root.parent
     stats = [(Path(f).relative_to(base).as_posix(), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
     return digest(stats)[:16]
-
-
-# ------------------------------------------------------------ stage
-def index_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``provenance_index``: merge the tables' provenance files into one
-    id -> record map, checking each id against its record's content."""
-    from .io import read_json, write_json
-
-    merged: dict = {}
-    files = inp["tables"] if isinstance(inp["tables"], list) else [inp["tables"]]
-    for path in files:
-        for pid, record in read_json(path).items():
-            if record_id(record) != pid:
-                from .io import InputFileError
-
-                raise InputFileError(path, f"provenance id {pid} does not match its record (edited by hand?)")
-            merged[pid] = record
-    write_json(out["json"], merged)
-    print(f"{len(merged)} provenance records from {len(files)} tables")

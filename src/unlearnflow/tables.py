@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import provenance
-from .io import InputFileError, atomic_path, read_json, write_json
+from .io import InputFileError, atomic_path, write_json
 
 # every results table ends with `provenance`: the id of the record that made
 # the row (results/provenance.json; a mean row: the ids it averages)
@@ -148,31 +148,6 @@ def t2i_table(records: list[dict], costs: dict) -> pd.DataFrame:
     return df.sort_values(["target", "method"], key=lambda s: s.map(order) if s.name == "method" else s).reset_index(drop=True)
 
 
-def t2i_table_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``t2i_table``."""
-    records = []
-    for path in inp["records"]:
-        r = read_json(path)
-        r["method"] = "original" if r["method"] == "base" else r["method"]
-        records.append(r)
-    df = t2i_table(records, params["costs"])
-    nets = sorted(set(df["feature_net"].dropna()))
-    judges = sorted({str(r.get("classifier")) for r in records})
-    if inp.get("judge"):
-        judge = read_json(inp["judge"])
-        stale = sorted({r["target"] + "/" + r["method"] for r in records if r.get("judge") not in (None, judge["name"])})
-        if stale:
-            raise InputFileError(inp["judge"], f"records {stale} were scored by another judge; rerun evaluate_t2i")
-    caption = (
-        f"Text-to-image unlearning (UA / IRA / CRA by the {'; '.join(judges)}; "
-        f"FID / KID / IS / CLIP score in the feature space of {', '.join(nets)})"
-    )
-    # the markdown opens with the caption too: it names the judge
-    write_tables(df, out["csv"], out["md"], out["tex"], caption, caption_in_md=True)
-    write_provenance(out["provenance"], records, df)
-    print(df.to_markdown(index=False, floatfmt=".2f"))
-
-
 def write_tables(df: pd.DataFrame, csv, md, tex, caption: str, caption_in_md: bool = False, view: pd.DataFrame | None = None) -> None:
     """The CSV from ``df``; the Markdown and LaTeX from ``view`` when given
     (mean ± std over seeds), else from ``df``."""
@@ -185,24 +160,6 @@ def write_tables(df: pd.DataFrame, csv, md, tex, caption: str, caption_in_md: bo
         tmp.write_text(
             df.to_latex(index=False, float_format="%.2f", caption=caption, label="tab:" + Path(csv).stem, na_rep="--")
         )
-
-
-def clip_table_stage(inp: dict, out: dict, params: dict) -> None:
-    records = []
-    for path in inp["evals"]:
-        r = read_json(path)
-        if r["method"] == "base":
-            r["method"] = "original"
-        records.append(r)
-    df = clip_table(records, params["costs"])
-    view = seed_summary(df) if "seed" in df.columns else None
-    caption = params.get("caption", "CLIP unlearning")
-    if view is not None:
-        seeds = sorted({int(s) for s in df["seed"].dropna()})
-        caption += f" Mean ± std (sample) over the unlearning seeds {seeds}; n = runs per row; the CSV has one row per seed."
-    write_tables(df, out["csv"], out["md"], out["tex"], caption, caption_in_md=view is not None, view=view)
-    write_provenance(out["provenance"], records, df, view)
-    print((df if view is None else view).to_markdown(index=False, floatfmt=".2f"))
 
 
 # ------------------------------------------------------------------ costs
@@ -238,17 +195,6 @@ def costs_table(benchmark_files) -> pd.DataFrame:
         "peak_mem_mb": float(df["peak_mem_mb"].max()) if len(df) else float("nan"),
     }
     return pd.concat([df, pd.DataFrame([total], columns=COST_COLUMNS)], ignore_index=True)
-
-
-def costs_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``costs_table``: wall time and peak memory of every heavy job."""
-    files = inp["benchmarks"] if isinstance(inp["benchmarks"], list) else [inp["benchmarks"]]
-    df = costs_table(files)
-    with atomic_path(out["csv"], suffix=".csv") as tmp:
-        df.to_csv(tmp, index=False, float_format="%.2f")
-    with atomic_path(out["md"], suffix=".md") as tmp:
-        tmp.write_text(df.to_markdown(index=False, floatfmt=".2f") + "\n")
-    print(df.to_markdown(index=False, floatfmt=".2f"))
 
 
 # ------------------------------------------------------------ HTML views
@@ -290,23 +236,3 @@ def table_html(df: pd.DataFrame, title: str, summary_values=("mean", "total")) -
         f"<h1>{html.escape(title)}</h1><table><thead><tr>{head}</tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table></body></html>\n"
     )
-
-
-def read_table(path) -> pd.DataFrame:
-    """A CSV table written by this module; a missing or unreadable file is
-    an error naming it."""
-    path = Path(path)
-    if not path.exists():
-        raise InputFileError(path, "table not found")
-    try:
-        return pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InputFileError(path, f"not a readable CSV table ({exc})") from exc
-
-
-def html_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``table_html``: a CSV table as an HTML page for the report."""
-    df = read_table(inp["csv"])
-    with atomic_path(out["html"], suffix=".html") as tmp:
-        tmp.write_text(table_html(df, params.get("title", Path(inp["csv"]).stem)))
-    print(f"wrote {out['html']}: {len(df)} rows")

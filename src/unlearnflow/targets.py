@@ -16,6 +16,10 @@ from .io import UnlearnflowError
 LISTS = (("targets", ("targets",), "clip"), ("t2i.targets", ("t2i", "targets"), "t2i"))
 
 
+# a target kind -> the name of its evaluation domain (eval set, judge head)
+DOMAINS = {"identity": "identities", "object": "objects", "style": "styles"}
+
+
 def _get(config: dict, path: tuple[str, ...]) -> list:
     value = config
     for key in path:
@@ -67,3 +71,20 @@ def merge_targets(config: dict) -> dict[str, dict]:
             merged.setdefault(tid, target)
             where.setdefault(tid, here)
     return merged
+
+
+def check_split(objects, forget_classes, retain_classes) -> None:
+    """The image-to-image branch's classes: each list non-empty, of known
+    objects, the two disjoint (at DAG build and in the i2i_images stage)."""
+    from .io import UnlearnflowError
+
+    known = list(objects)
+    for key, classes in (("forget_classes", forget_classes), ("retain_classes", retain_classes)):
+        if not classes:
+            raise UnlearnflowError(f"i2i.{key}: empty; name some of the objects {known}")
+        unknown = [c for c in classes if c not in known]
+        if unknown:
+            raise UnlearnflowError(f"i2i.{key}: {unknown} not among the objects {known}")
+    both = sorted(set(forget_classes) & set(retain_classes))
+    if both:
+        raise UnlearnflowError(f"i2i: classes {both} are in both forget_classes and retain_classes")

@@ -25,8 +25,8 @@ rule attack_clip:
         gpu=gpu_request("attack_clip"),
     params:
         code=code_of("attack_clip"),
-        attacks=clip_attack_params(),
-        target=lambda wc: target_config(wc.target),
+        attacks=P.attack_params("clip"),
+        target=lambda wc: P.target_config(wc.target),
         target_id=lambda wc: wc.target,
         method=lambda wc: wc.method,
         seed=config["seeds"]["attack"],
@@ -60,7 +60,7 @@ rule relearn_clip:
     params:
         code=code_of("relearn_clip"),
         relearn=ATTACKS["clip"]["relearn"],
-        target=lambda wc: target_config(wc.target),
+        target=lambda wc: P.target_config(wc.target),
         target_id=lambda wc: wc.target,
         method=lambda wc: wc.method,
         seed=config["seeds"]["attack"],
@@ -72,8 +72,8 @@ rule relearn_clip:
 rule attack_t2i:
     input:
         unpack(t2i_delta_inputs),
-        **judge_files(),
-        **judge_checkpoints(),
+        **P.judge_files(),
+        **P.judge_checkpoints(),
         model=t2i_model_files()["model"],
         # the base model's pictures: what the prompt search steers towards
         reference="results/generate/{t2i}/{target}/base/prompts.parquet",
@@ -107,9 +107,9 @@ rule attack_t2i:
         gpu=gpu_request("attack_t2i"),
     params:
         code=code_of("attack_t2i"),
-        attacks=t2i_attack_params(),
-        target=lambda wc: target_config(wc.target),
-        concepts=t2i_concepts(),
+        attacks=P.attack_params("t2i"),
+        target=lambda wc: P.target_config(wc.target),
+        concepts=P.t2i_concepts(),
         method=lambda wc: wc.method,
         sampling=config["t2i"]["sampling"],
         seed=config["seeds"]["attack"],
@@ -121,8 +121,8 @@ rule attack_t2i:
 rule relearn_t2i:
     input:
         unpack(t2i_delta_inputs),
-        **judge_files(),
-        **judge_checkpoints(),
+        **P.judge_files(),
+        **P.judge_checkpoints(),
         model=t2i_model_files()["model"],
         forget="results/data/{target}/forget.tar",
         clip_config=f"results/models/{MODEL}/open_clip_config.json",
@@ -145,8 +145,8 @@ rule relearn_t2i:
     params:
         code=code_of("relearn_t2i"),
         relearn=ATTACKS["t2i"]["relearn"],
-        target=lambda wc: target_config(wc.target),
-        concepts=t2i_concepts(),
+        target=lambda wc: P.target_config(wc.target),
+        concepts=P.t2i_concepts(),
         method=lambda wc: wc.method,
         sampling=config["t2i"]["sampling"],
         seed=config["seeds"]["attack"],
@@ -157,7 +157,7 @@ rule relearn_t2i:
 
 rule robustness_table:
     input:
-        attacks=attack_files(),
+        attacks=P.attack_files(),
     output:
         csv=report(
             "results/tables/robustness.csv",
@@ -176,6 +176,6 @@ rule robustness_table:
         "../../envs/data.yaml"
     params:
         code=code_of("robustness_table"),
-        caption=robustness_caption(),
+        caption=P.robustness_caption(),
     script:
         "../scripts/stage.py"

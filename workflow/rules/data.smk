@@ -27,7 +27,7 @@ if config["data"]["source"] == "synthetic":
             runtime=30,
         params:
             code=code_of("synthetic_shard"),
-            synthetic=synthetic_shard_spec(),
+            synthetic=P.synthetic_shard_spec(),
             shard=lambda wc: wc.shard,
         script:
             "../scripts/stage.py"
@@ -127,7 +127,7 @@ rule synthetic_eval_set:
     benchmark:
         "results/benchmarks/synthetic_eval_set/{evalset}.tsv"
     wildcard_constraints:
-        evalset=one_of(eval_sets_from("synthetic")),
+        evalset=one_of(P.eval_sets_from("synthetic")),
     conda:
         "../../envs/data.yaml"
     resources:
@@ -135,7 +135,7 @@ rule synthetic_eval_set:
         runtime=30,
     params:
         code=code_of("synthetic_eval_set"),
-        synthetic=synthetic_concepts(),
+        synthetic=P.synthetic_concepts(),
         evalset=lambda wc: wc.evalset,
         per_class=lambda wc: config["data"]["eval"][wc.evalset]["per_class"],
     script:
@@ -152,7 +152,7 @@ rule ingest_eval_set:
     benchmark:
         "results/benchmarks/ingest_eval_set/{evalset}.tsv"
     wildcard_constraints:
-        evalset=one_of(eval_sets_from("folders")),
+        evalset=one_of(P.eval_sets_from("folders")),
     conda:
         "../../envs/data.yaml"
     resources:
@@ -178,7 +178,7 @@ rule select_sets:
         shards=expand("results/data/laion/{shard}.tar", shard=SHARDS),
         heldout_shards=expand("results/data/laion/{shard}.tar", shard=HELDOUT_SHARDS),
     output:
-        **select_outputs(),
+        **P.select_outputs(),
     log:
         "logs/select_sets/{target}.log",
     benchmark:
@@ -190,7 +190,7 @@ rule select_sets:
         runtime=60,
     params:
         code=code_of("select_sets"),
-        target=lambda wc: target_config(wc.target),
+        target=lambda wc: P.target_config(wc.target),
         target_id=lambda wc: wc.target,
         # a shared retain set is select_retain's: its size reruns only that
         retain_size=None if SHARED_RETAIN else config["selection"]["retain_size"],
@@ -232,4 +232,4 @@ if SHARED_RETAIN:
 
 rule data:
     input:
-        data_outputs(),
+        P.data_outputs(),

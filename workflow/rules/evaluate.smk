@@ -30,7 +30,7 @@ rule evaluate_clip:
         seed=lambda wc: (
             None if wc.method == "base" else seed_of(wc.method, UNLEARN_SEEDS)
         ),
-        target=lambda wc: target_config(wc.target),
+        target=lambda wc: P.target_config(wc.target),
         target_id=lambda wc: wc.target,
         mia_seeds=config["evaluation"]["mia_seeds"],
         mia_test_size=config["evaluation"]["mia_test_size"],

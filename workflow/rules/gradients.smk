@@ -84,7 +84,7 @@ rule salun_masks:
         grad_forget="results/grads/{model}/{target}/forget.safetensors",
     output:
         **{
-            f"salun_{f}": f"results/masks/{{model}}/{{target}}/salun_{f}.safetensors"
+            f"salun_{f}": layout.clip_mask("{model}", "{target}", f)
             for f in MASK_FRACTIONS
         },
     log:

@@ -19,7 +19,7 @@ rule i2i_images:
         runtime=30,
     params:
         code=code_of("i2i_images"),
-        synthetic=synthetic_concepts(),
+        synthetic=P.synthetic_concepts(),
         per_class={
             "train": I2I["data"]["train_per_class"],
             "test": I2I["data"]["test_per_class"],
@@ -47,7 +47,7 @@ rule i2i_sets:
         runtime=30,
     params:
         code=code_of("i2i_sets"),
-        synthetic=synthetic_concepts(),
+        synthetic=P.synthetic_concepts(),
         forget_classes=I2I["forget_classes"],
         retain_classes=I2I["retain_classes"],
         proxy={"pool": I2I["data"]["proxy_pool"], "size": I2I["data"]["proxy_size"]},
@@ -137,7 +137,7 @@ rule unlearn_i2i:
     params:
         code=code_of("unlearn_i2i"),
         method=lambda wc: wc.method,
-        params=lambda wc: i2i_method_params(wc.method),
+        params=lambda wc: P.method_params("i2i", wc.method),
         tasks=I2I["tasks"],
         seed=UNLEARN_SEED,
         device=device_of("unlearn_i2i"),
@@ -150,9 +150,9 @@ rule evaluate_i2i:
     input:
         unpack(i2i_delta_input),
         **i2i_model_files(),
-        **i2i_feature_inputs(),
+        **P.i2i_feature_inputs(),
         **feature_net_input(I2I["eval"]["features"]),
-        **lpips_input(),
+        **P.lpips_input(),
         test_forget="results/data/i2i/test_forget.tar",
         test_retain="results/data/i2i/test_retain.tar",
         classes="results/data/i2i/classes.json",
@@ -229,7 +229,7 @@ rule i2i_table:
         code=code_of("i2i_table"),
         tasks=I2I["tasks"],
         model=I2I_MODEL,
-        caption=i2i_caption(),
+        caption=P.i2i_caption(),
     script:
         "../scripts/stage.py"
 
@@ -237,7 +237,7 @@ rule i2i_table:
 rule i2i_tsne:
     input:
         original=f"results/eval_i2i/{I2I_MODEL}/base_embeddings.safetensors",
-        unlearned=f"results/eval_i2i/{I2I_MODEL}/{i2i_tsne_method()}_embeddings.safetensors",
+        unlearned=f"results/eval_i2i/{I2I_MODEL}/{P.i2i_tsne_method()}_embeddings.safetensors",
     output:
         png=report(
             "results/tables/i2i_tsne.png",
@@ -251,9 +251,9 @@ rule i2i_tsne:
         "../../envs/torch.yaml"
     params:
         code=code_of("i2i_tsne"),
-        method=i2i_tsne_method(),
+        method=P.i2i_tsne_method(),
         tasks=[t["name"] for t in I2I["tasks"]],
         seed=config["seeds"]["eval"],
-        title=f"{I2I_MODEL}: outputs of the original and {i2i_tsne_method()}, forget vs retain classes",
+        title=f"{I2I_MODEL}: outputs of the original and {P.i2i_tsne_method()}, forget vs retain classes",
     script:
         "../scripts/stage.py"

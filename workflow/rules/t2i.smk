@@ -69,10 +69,10 @@ if JUDGE["kind"] == "train":
     rule train_judge:
         input:
             # the held-out accuracy is measured on the eval sets' test pictures
-            **t2i_eval_files("test"),
+            **layout.eval_set_files("test", EVAL_SETS),
         output:
-            info=f"{JUDGE_DIR}/judge.json",
-            weights=f"{JUDGE_DIR}/judge.safetensors",
+            info=f"{JUDGE_DIR}/{layout.JUDGE_INFO}",
+            weights=f"{JUDGE_DIR}/{layout.JUDGE_WEIGHTS}",
         log:
             f"logs/train_judge/{JUDGE['name']}.log",
         benchmark:
@@ -88,7 +88,7 @@ if JUDGE["kind"] == "train":
         params:
             code=code_of("train_judge"),
             name=JUDGE["name"],
-            synthetic=synthetic_concepts(),
+            synthetic=P.synthetic_concepts(),
             train=JUDGE["train"],
             min_accuracy=JUDGE["min_accuracy"],
             seed=config["seeds"]["train"],
@@ -100,12 +100,12 @@ else:
 
     rule import_judge:
         input:
-            **t2i_eval_files("test"),
-            **judge_checkpoints(),
+            **layout.eval_set_files("test", EVAL_SETS),
+            **P.judge_checkpoints(),
             clip_config=f"results/models/{MODEL}/open_clip_config.json",
             clip_weights=f"results/models/{MODEL}/open_clip_model.safetensors",
         output:
-            info=f"{JUDGE_DIR}/judge.json",
+            info=f"{JUDGE_DIR}/{layout.JUDGE_INFO}",
         log:
             f"logs/import_judge/{JUDGE['name']}.log",
         benchmark:
@@ -136,7 +136,7 @@ rule t2i_salun_masks:
         forget="results/data/{target}/forget.tar",
     output:
         **{
-            f"mask_{f:g}": mask_path_t2i("{target}", f, "{t2i}")
+            f"mask_{f:g}": layout.t2i_mask("{t2i}", "{target}", f)
             for f in config["t2i"]["masks"]["fractions"]
         },
     log:
@@ -171,7 +171,7 @@ rule unlearn_t2i:
     input:
         unpack(t2i_method_inputs),
         **t2i_model_files(),
-        **t2i_eval_files("val"),
+        **layout.eval_set_files("val", EVAL_SETS),
         clip_config=f"results/models/{MODEL}/open_clip_config.json",
         forget="results/data/{target}/forget.tar",
         retain=retain_tar,
@@ -196,9 +196,9 @@ rule unlearn_t2i:
     params:
         code=code_of("unlearn_t2i"),
         method=lambda wc: wc.method,
-        params=lambda wc: t2i_method_params(wc.method),
-        target=lambda wc: target_config(wc.target),
-        concepts=t2i_concepts(),
+        params=lambda wc: P.method_params("t2i", wc.method),
+        target=lambda wc: P.target_config(wc.target),
+        concepts=P.t2i_concepts(),
         # the search generates with the evaluation's guidance, but its own
         # seeds and steps: evaluation seeds and steps never rerun it
         guidance=config["t2i"]["sampling"]["guidance"],
@@ -246,8 +246,8 @@ rule generate_t2i:
         gpu=gpu_request("generate_t2i"),
     params:
         code=code_of("generate_t2i"),
-        target=lambda wc: target_config(wc.target),
-        concepts=t2i_concepts(),
+        target=lambda wc: P.target_config(wc.target),
+        concepts=P.t2i_concepts(),
         sampling=config["t2i"]["sampling"],
         device=device_of("generate_t2i"),
     script:
@@ -257,9 +257,9 @@ rule generate_t2i:
 rule evaluate_t2i:
     input:
         unpack(t2i_delta_inputs),
-        **t2i_eval_files("test"),
+        **layout.eval_set_files("test", EVAL_SETS),
         **feature_net_input(config["t2i"]["feature_net"]),
-        **judge_files(),
+        **P.judge_files(),
         model=t2i_model_files()["model"],
         prompts="results/generate/{t2i}/{target}/{method}/prompts.parquet",
         clip_config=f"results/models/{MODEL}/open_clip_config.json",
@@ -284,7 +284,7 @@ rule evaluate_t2i:
         gpu=gpu_request("evaluate_t2i"),
     params:
         code=code_of("evaluate_t2i"),
-        target=lambda wc: target_config(wc.target),
+        target=lambda wc: P.target_config(wc.target),
         method=lambda wc: wc.method,
         feature_net=config["t2i"]["feature_net"],
         device=device_of("evaluate_t2i"),
@@ -331,10 +331,10 @@ rule t2i_table:
             target=T2I_TARGETS,
             method=["base"] + T2I_METHODS,
         ),
-        costs=[
+        costs=lambda wc: [
             f for t in T2I_TARGETS for m in T2I_METHODS for f in t2i_cost_files(t, m)
         ],
-        judge=judge_files()["judge"],
+        judge=P.judge_files()["judge"],
     output:
         csv="results/tables/t2i_unlearning.csv",
         md="results/tables/t2i_unlearning.md",

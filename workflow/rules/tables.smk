@@ -9,9 +9,7 @@ rule clip_table:
             target=CLIP_TARGETS,
             method=["base"] + CLIP_RUNS,
         ),
-        benchmarks=[
-            f for t in CLIP_TARGETS for r in CLIP_RUNS for f in method_cost_files(t, r)
-        ],
+        benchmarks=clip_table_benchmarks,
     output:
         csv=report(
             "results/tables/clip_unlearning.csv",
@@ -32,7 +30,7 @@ rule clip_table:
         code=code_of("clip_table"),
         costs=clip_table_costs(),
         caption="Unlearning in CLIP: forget accuracy (FA), accuracy on other identities, object zero-shot accuracy, MIA, cost. "
-        + slug_stop_rule(),
+        + P.slug_stop_rule(),
     script:
         "../scripts/stage.py"
 
@@ -61,7 +59,7 @@ rule clip_tradeoff:
 # Wall time and peak memory of every heavy job (its benchmark: file).
 rule costs_table:
     input:
-        benchmarks=heavy_benchmarks(),
+        benchmarks=heavy_benchmarks,
     output:
         csv=report(
             "results/tables/costs.csv",
@@ -108,7 +106,7 @@ rule table_html:
 # Every table row's provenance id -> its record (code, params, model, seeds).
 rule provenance_index:
     input:
-        tables=provenance_tables(),
+        tables=P.provenance_tables(),
     output:
         json="results/provenance.json",
     log:

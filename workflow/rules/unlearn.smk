@@ -29,8 +29,8 @@ rule unlearn_clip:
     params:
         code=code_of("unlearn_clip"),
         method=lambda wc: method_of(wc.method),
-        params=lambda wc: method_params(method_of(wc.method)),
-        target=lambda wc: target_config(wc.target),
+        params=lambda wc: P.method_params("clip", method_of(wc.method)),
+        target=lambda wc: P.target_config(wc.target),
         seed=lambda wc: seed_of(wc.method, UNLEARN_SEEDS),
         device=device_of("unlearn_clip"),
     script:

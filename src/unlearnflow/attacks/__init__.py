@@ -169,34 +169,6 @@ def robustness_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return df[TABLE_COLUMNS].reset_index(drop=True)
 
 
-def table_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``robustness_table``: the rows of every attack stage."""
-    from ..io import read_parquet, write_json
-    from ..provenance import record_id
-    from ..tables import write_tables
-
-    paths = inp["attacks"] if isinstance(inp["attacks"], list) else [inp["attacks"]]
-    frames = [read_parquet(p) for p in paths]
-    for p, f in zip(paths, frames):
-        missing = [c for c in COLUMNS if c not in f.columns]
-        if missing:
-            raise UnlearnflowError(f"{p}: not an attack file (lacks {missing})")
-    records = {}
-    for f in frames:  # each row's job record, keyed by its id
-        ids = []
-        for rec in f["provenance"]:
-            if not isinstance(rec, str):
-                raise UnlearnflowError("robustness table: an attack row has no provenance; rerun its attack job")
-            record = json.loads(rec)
-            ids.append(record_id(record))
-            records[ids[-1]] = record
-        f["provenance"] = ids
-    df = robustness_table(frames)
-    write_tables(df, out["csv"], out["md"], out["tex"], params["caption"], caption_in_md=True)
-    write_json(out["provenance"], {pid: records[pid] for pid in dict.fromkeys(df["provenance"])})
-    print(df.to_markdown(index=False, floatfmt=".2f"))
-
-
 __all__ = [
     "COLUMNS", "TokenInjection", "attack_record", "best_variant", "eval_marks", "find_span", "frame",
     "merge_params", "name_aliases", "name_token_ids", "no_attack_error", "relearn_row", "robustness_table", "row",

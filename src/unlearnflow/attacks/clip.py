@@ -17,7 +17,7 @@ the CLIP table, with the other classes' accuracy under the attack in
   them (cross-entropy over all class columns, the target's column from the
   soft prompt; ``use_forget_set`` adds the forget set's pictures); scored on
   the test split, which it never saw.
-- ``relearn`` (stage :func:`relearn_stage`): fine-tune the whole model on
+- ``relearn`` (rule ``relearn_clip``, :func:`relearn`): fine-tune the whole model on
   ``pairs`` forget pairs for ``steps`` steps (AdamW, the cosine loss of each
   image to its own caption, ``logit_scale`` frozen) and score FA@1 at
   ``eval_at`` steps: how fast the concept comes back.
@@ -26,19 +26,13 @@ the CLIP table, with the other classes' accuracy under the attack in
 from __future__ import annotations
 
 import contextlib
-import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ..generate import DOMAINS as DOMAIN
-from ..io import UnlearnflowError
+from ..targets import DOMAINS as DOMAIN
 from ..metrics.zeroshot import IDENTITY_TEMPLATES, LOGIT_SCALE, SIMPLE_TEMPLATES, STYLE_TEMPLATES, _format_template
-from . import (
-    TokenInjection, attack_record, best_variant, eval_marks, find_span, frame, merge_params, name_aliases,
-    name_token_ids, no_attack_error, relearn_row, row, table_method,
-)  # fmt: skip
+from . import TokenInjection, best_variant, eval_marks, find_span, name_aliases, name_token_ids
 
 TEMPLATES = {"identity": IDENTITY_TEMPLATES, "object": SIMPLE_TEMPLATES, "style": STYLE_TEMPLATES}
 # other ways to ask for the concept than the evaluation's own templates
@@ -132,6 +126,8 @@ def paraphrase_attack(att: Attacker, captions: list[str], params: dict) -> tuple
 def soft_prompt_attack(att: Attacker, train_feats: torch.Tensor, train_labels: torch.Tensor, params: dict, seed: int) -> dict:
     """Optimise the name's token embeddings inside the domain's templates so
     that ``train_feats`` (normalised image features) get ``train_labels``."""
+    from ..training import train_steps
+
     torch.manual_seed(int(seed))
     model = att.model
     prompts = [_format_template(t, att.name) for t in TEMPLATES[att.kind]]
@@ -144,16 +140,18 @@ def soft_prompt_attack(att: Attacker, train_feats: torch.Tensor, train_labels: t
     opt = torch.optim.Adam([soft], lr=float(params["lr"]))
     weights = att.classifiers[att.domain].to(att.device)
     feats, labels = train_feats.to(att.device), train_labels.to(att.device)
-    trace = []
-    for step in range(int(params["steps"])):
+    trace, steps = [], int(params["steps"])
+
+    def loss_of(_step) -> torch.Tensor:
         column = text_embedding(model, tokens, TokenInjection(embedding, spans, soft))
         w = torch.cat([weights[:, : att.index], column[:, None], weights[:, att.index + 1 :]], dim=1)
-        loss = F.cross_entropy(LOGIT_SCALE * feats @ w, labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 25 == 0 or step == int(params["steps"]) - 1:
+        return F.cross_entropy(LOGIT_SCALE * feats @ w, labels)
+
+    def record(step, loss, _lr, _hooked) -> None:
+        if step % 25 == 0 or step == steps - 1:
             trace.append({"step": step, "loss": round(loss.item(), 5)})
+
+    train_steps(opt, range(steps), loss_of, on_step=record)
     with torch.no_grad():
         column = text_embedding(model, tokens, TokenInjection(embedding, spans, soft.detach()))
         # the nearest vocabulary tokens: whether the optimum is a word at all
@@ -173,16 +171,16 @@ def soft_prompt_attack(att: Attacker, train_feats: torch.Tensor, train_labels: t
     }
 
 
-def training_images(att: Attacker, inp: dict, forget_images_u8: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def training_images(att: Attacker, val_tar, forget_images_u8: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The soft prompt's training set: the validation split's labelled
-    images of the domain, every class (the target's among them), and with
+    images of the domain (``val_tar``), every class (the target's among them), and with
     ``forget_images_u8`` the forget set's images too, labelled the target
     (``use_forget_set``: web pictures unlike the rendered test images, which
     made the prompt overfit: on the base model, kite FA@1 100 -> 45)."""
     from ..metrics.zeroshot import encode_images, load_labelled
     from ..models.clip import normalise
 
-    val = load_labelled(inp[f"{att.domain}_val"], att.bundle.preprocess)
+    val = load_labelled(val_tar, att.bundle.preprocess)
     feats, labels = [encode_images(att.model, val.images, device=att.device)], [val.labels]
     if forget_images_u8 is not None:
         feats.append(encode_images(att.model, normalise(forget_images_u8), device=att.device))
@@ -190,63 +188,13 @@ def training_images(att: Attacker, inp: dict, forget_images_u8: torch.Tensor | N
     return torch.cat(feats), torch.cat(labels)
 
 
-# ------------------------------------------------------------------ stages
-def _setup(inp: dict, params: dict):
-    from ..metrics.clip_eval import EvalSuite, eval_sets_from
-    from ..models.clip import load_clip, resolve_device
-
-    if params.get("threads"):
-        torch.set_num_threads(int(params["threads"]))
-    torch.manual_seed(int(params["seed"]))
-    device = resolve_device(params.get("device", "auto"))
-    bundle = load_clip(Path(inp["config"]).parent, device=device, delta=inp.get("delta"))
-    suite = EvalSuite.load(eval_sets_from(inp, "test"), params["target"], bundle.preprocess)
-    record = attack_record(bundle.info.get("fingerprint", ""), inp.get("delta"), params["seed"])
-    return bundle, suite, device, record
-
-
-def _forget_pairs(bundle, tar):
-    from ..models.clip import load_pairs
-
-    size = bundle.model.visual.image_size
-    return load_pairs(tar, size[0] if isinstance(size, (tuple, list)) else int(size))
-
-
-def attack_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``attack_clip``: the paraphrase and soft-prompt attacks on one model."""
-    from ..io import write_parquet
-
-    bundle, suite, device, record = _setup(inp, params)
-    att = Attacker(bundle, suite, device)
-    cfg, seed = params["attacks"], int(params["seed"])
-    forget_u8, captions = _forget_pairs(bundle, inp["forget"])
-    target, method, fa1 = params["target_id"], table_method(params["method"]), att.before["fa1"]
-    rows = []
-    if cfg["paraphrase"]["enabled"]:
-        p = merge_params(PARAPHRASE_DEFAULTS, cfg["paraphrase"], "attacks.clip.paraphrase")
-        t0 = time.perf_counter()
-        summary, _ = paraphrase_attack(att, captions, p)
-        budget = f"{len(summary['variants'])} variants"
-        rows.append(row("clip", target, method, "paraphrase", "fa1", fa1, summary.pop("after"), budget, time.perf_counter() - t0, record, **summary))
-    if cfg["soft_prompt"]["enabled"]:
-        p = merge_params(SOFT_PROMPT_DEFAULTS, cfg["soft_prompt"], "attacks.clip.soft_prompt")
-        t0 = time.perf_counter()
-        feats, labels = training_images(att, inp, forget_u8 if p["use_forget_set"] else None)
-        result = soft_prompt_attack(att, feats, labels, p, seed)
-        budget = f"{p['steps']} steps, lr {p['lr']:g}"
-        rows.append(row("clip", target, method, "soft_prompt", "fa1", fa1, result.pop("after"), budget, time.perf_counter() - t0, record, **result))
-    if not rows:
-        raise no_attack_error("attacks.clip")
-    write_parquet(out["attacks"], frame(rows))
-    for r in rows:
-        print(f"{r['attack']}: FA@1 {r['before']:.2f} -> {r['after']:.2f} ({r['budget']}, {r['seconds']:.1f} s)")
-
-
+# ------------------------------------------------------------------ relearning
 def relearn(bundle, suite, images_u8: torch.Tensor, captions: list[str], params: dict, seed: int, device) -> list[dict]:
     """Fine-tune on the pairs; the record at each ``eval_at`` step."""
     from ..gradients import set_loss
     from ..methods.finetune import FROZEN
     from ..models.clip import normalise
+    from ..training import relearn_curve
 
     model = bundle.model
     torch.manual_seed(int(seed))
@@ -258,35 +206,10 @@ def relearn(bundle, suite, images_u8: torch.Tensor, captions: list[str], params:
     tokens = bundle.tokenizer(captions).to(device)
     steps = int(params["steps"])
     marks = eval_marks(params["eval_at"], steps)
-    curve = []
-    for step in range(steps + 1):
-        if step in marks:
-            model.eval()
-            rec = suite.evaluate(model, bundle.tokenizer, device)
-            curve.append({"step": step, "fa1": rec["fa1"], **utilities(rec)})
-        if step == steps:
-            break
-        model.train()
-        loss = set_loss("cosine", model.encode_image(x), model.encode_text(tokens), model.logit_scale)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    return curve
 
+    def evaluate(step: int) -> dict:
+        rec = suite.evaluate(model, bundle.tokenizer, device)
+        return {"step": step, "fa1": rec["fa1"], **utilities(rec)}
 
-def relearn_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``relearn_clip``: fine-tune one model on a few forget pairs."""
-    from ..io import write_parquet
-
-    bundle, suite, device, record = _setup(inp, params)
-    p = merge_params(RELEARN_DEFAULTS, params["relearn"], "attacks.clip.relearn")
-    images, captions = _forget_pairs(bundle, inp["forget"])
-    if len(images) < int(p["pairs"]):
-        raise UnlearnflowError(f"{inp['forget']}: {len(images)} forget pairs, fewer than attacks.clip.relearn.pairs {p['pairs']}")
-    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(int(params["seed"])))[: int(p["pairs"])]
-    t0 = time.perf_counter()
-    curve = relearn(bundle, suite, images[pick], [captions[i] for i in pick.tolist()], p, params["seed"], device)
-    r = relearn_row("clip", params["target_id"], params["method"], "fa1", curve, p, time.perf_counter() - t0, record, pick.tolist())
-    write_parquet(out["attacks"], frame([r]))
-    print("relearn FA@1 by step: " + ", ".join(f"{c['step']}: {c['fa1']:.1f}" for c in curve))
+    return relearn_curve(model, opt, steps, marks, evaluate,
+                         lambda: set_loss("cosine", model.encode_image(x), model.encode_text(tokens), model.logit_scale))  # fmt: skip

@@ -22,25 +22,20 @@ prompts (100 - UA of the t2i table, from this model's evaluation).
   succeeds unattacked is a success without attack: post-attack ASR >=
   pre-attack ASR. The prompts found (token ids and decoded text) are
   published in ``.prompts.parquet``.
-- ``relearn`` (stage :func:`relearn_stage`): fine-tune the UNet on ``pairs``
+- ``relearn`` (rule ``relearn_t2i``, :func:`relearn`): fine-tune the UNet on ``pairs``
   forget pairs (the denoising loss) and score ASR at the ``eval_at`` steps.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from ..io import UnlearnflowError
-from . import (
-    TokenInjection, attack_record, best_variant, eval_marks, frame, merge_params, name_aliases, no_attack_error, relearn_row, row,
-    table_method,
-)  # fmt: skip
+from . import TokenInjection, best_variant, eval_marks, name_aliases
 
 PARAPHRASE_DEFAULTS: dict = {}
 # the reference's text_grad settings (configs/{object,style}/text_grad_*.json:
@@ -229,6 +224,7 @@ def prompt_search(bundle, judge, target: dict, rows: pd.DataFrame, reference_u8:
     tokens generate with the row's seed and the judge decides. Returns
     (per-row results, the picture each row ended with, the trace)."""
     from ..models.diffusion import denoising_target, to_model_space
+    from ..training import train_steps
 
     domain, name = target["kind"], target["name"]
     if params["optimizer"] not in TOKEN_OPTIMIZERS:
@@ -252,25 +248,29 @@ def prompt_search(bundle, judge, target: dict, rows: pd.DataFrame, reference_u8:
     success_step = torch.full((n,), -1, dtype=torch.long)
     found = torch.zeros(n, k, dtype=torch.long)
     pictures, trace, step = None, [], 0
+
+    def loss_at(t: torch.Tensor) -> torch.Tensor:
+        with TokenInjection(emb, spans, tokens.vectors()):
+            states = enc(ids).last_hidden_state
+        noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+        pred = bundle.unet(sched.add_noise(x0, noise, t), t, encoder_hidden_states=states).sample.float()
+        # each row's own mean error, summed: a row's gradient does not
+        # shrink with the number of rows attacked beside it (the
+        # reference attacks one prompt at a time)
+        err = F.mse_loss(pred, denoising_target(sched, x0, noise, t).float(), reduction="none")
+        return err.flatten(1).mean(1).sum()
+
+    running = [0.0]  # the timestep's summed mean loss
+
+    def add_loss(_step, loss, _lr, _hooked) -> None:
+        running[0] += loss.item() / n
+
     for t_value in search_timesteps(int(params["timesteps"]), int(sched.config.num_train_timesteps)):
         t = torch.full((n,), t_value, dtype=torch.long, device=x0.device)
-        total = 0.0
-        for _ in range(int(params["iterations"])):
-            step += 1
-            with TokenInjection(emb, spans, tokens.vectors()):
-                states = enc(ids).last_hidden_state
-            noise = torch.randn(x0.shape, generator=gen).to(x0.device)
-            pred = bundle.unet(sched.add_noise(x0, noise, t), t, encoder_hidden_states=states).sample.float()
-            # each row's own mean error, summed: a row's gradient does not
-            # shrink with the number of rows attacked beside it (the
-            # reference attacks one prompt at a time)
-            err = F.mse_loss(pred, denoising_target(sched, x0, noise, t).float(), reduction="none")
-            loss = err.flatten(1).mean(1).sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            tokens.project()
-            total += loss.item() / n
+        running[0] = 0.0
+        # Adam steps on the token distributions, each projected back onto the simplex
+        step = train_steps(opt, [t] * int(params["iterations"]), loss_at, after_step=tokens.project, on_step=add_loss, step=step)
+        total = running[0]
         with torch.no_grad():  # the judge decides on the tokens so far
             hard = tokens.hard().cpu()
             now = ids.clone()
@@ -301,100 +301,7 @@ def prompt_search(bundle, judge, target: dict, rows: pd.DataFrame, reference_u8:
     return results, pictures, trace
 
 
-# ------------------------------------------------------------------ stages
-def _setup(inp: dict, params: dict):
-    from ..metrics.judge import load_judge
-    from ..models.clip import load_clip, resolve_device
-    from ..models.diffusion import load_t2i
-
-    if params.get("threads"):
-        torch.set_num_threads(int(params["threads"]))
-    torch.manual_seed(int(params["seed"]))  # a latent model's VAE samples, say
-    device = resolve_device(params.get("device", "auto"))
-    bundle = load_t2i(Path(inp["model"]).parent, device=device, delta=inp.get("delta"))
-    clip_bundle = load_clip(Path(inp["clip_config"]).parent, device=device)
-    judge = load_judge(inp["judge"], device=device, clip_bundle=clip_bundle)
-    record = attack_record(bundle.info.get("fingerprint", ""), inp.get("delta"), params["seed"])
-    return bundle, judge, record
-
-
-def _forget_rows(params: dict) -> pd.DataFrame:
-    from ..generate import prompt_sets
-
-    return prompt_sets(params["target"], params["concepts"], seeds=list(params["sampling"]["seeds"]))["forget"]
-
-
-def attack_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``attack_t2i``: paraphrases and the adversarial prompt search on one model."""
-    from ..io import atomic_path, read_parquet, write_parquet
-    from ..metrics.t2i_eval import load_generated
-
-    bundle, judge, record = _setup(inp, params)
-    target, cfg, sampling, seed = params["target"], params["attacks"], params["sampling"], int(params["seed"])
-    forget = _forget_rows(params)
-    preds = read_parquet(inp["predictions"])
-    preds = preds[preds["set"] == "forget"].reset_index(drop=True)
-    key = ["prompt", "seed"]
-    if not preds[key].equals(forget[key]):
-        raise UnlearnflowError(
-            f"{inp['predictions']}: its forget prompts and seeds are not this config's; rerun evaluate_t2i"
-        )
-    pre = preds["correct"].to_numpy(bool)
-    before = 100.0 * pre.mean()
-    method, tid = table_method(params["method"]), target["id"]
-    rows, found = [], pd.DataFrame()
-    if cfg["paraphrase"]["enabled"]:
-        merge_params(PARAPHRASE_DEFAULTS, cfg["paraphrase"], "attacks.t2i.paraphrase")
-        t0 = time.perf_counter()
-        summary = paraphrase_attack(bundle, judge, target, forget, sampling)
-        budget = f"{len(summary['variants'])} variants"
-        rows.append(row("t2i", tid, method, "paraphrase", "asr", before, summary.pop("after"), budget, time.perf_counter() - t0, record, **summary))
-    grid_img = None
-    if cfg["prompt_search"]["enabled"]:
-        p = merge_params(PROMPT_SEARCH_DEFAULTS, cfg["prompt_search"], "attacks.t2i.prompt_search")
-        t0 = time.perf_counter()
-        reference, ref_rows = load_generated(read_parquet(inp["reference"]), "forget")
-        if not ref_rows[key].equals(forget[key]):
-            raise UnlearnflowError(f"{inp['reference']}: the base model's forget pictures are not this config's; rerun generate_t2i")
-        attack = ~pre  # UnlearnDiffAtk attacks the prompts the unlearned model resists
-        found = pd.DataFrame([{**forget.iloc[i][key].to_dict(), "success": True, "step": 0} for i in range(len(forget)) if pre[i]])
-        trace, pictures, idx = [], None, None
-        if attack.any():
-            idx = torch.from_numpy(attack).nonzero().flatten()
-            results, pictures, trace = prompt_search(
-                bundle, judge, target, forget[attack].reset_index(drop=True), reference[idx], p, sampling, seed
-            )
-            found = pd.concat([found, pd.DataFrame(results)], ignore_index=True)
-        after = 100.0 * (pre.sum() + (found["step"] > 0).sum()) / len(forget)
-        budget = f"{p['tokens']} tokens, {p['timesteps']} timesteps x {p['iterations']} steps"
-        rows.append(
-            row(
-                "t2i", tid, method, "prompt_search", "asr", before, after, budget, time.perf_counter() - t0, record,
-                attacked=int(attack.sum()), pre_attack_successes=int(pre.sum()), trace=trace,
-            )
-        )  # fmt: skip
-        if pictures is not None:
-            unattacked, gen_rows = load_generated(read_parquet(inp["generated"]), "forget")
-            if not gen_rows[key].equals(forget[key]):
-                raise UnlearnflowError(f"{inp['generated']}: its forget prompts and seeds are not this config's; rerun generate_t2i")
-            grid_img = attack_grid(judge, target, forget[attack].reset_index(drop=True), unattacked[idx], pictures)
-    if not rows:
-        raise no_attack_error("attacks.t2i")
-    write_parquet(out["attacks"], frame(rows))
-    cols = ["prompt", "seed", "success", "step", "adversarial_tokens", "adversarial_prompt", "text_roundtrip"]
-    if len(found):  # in the forget prompts' order, joinable by position too
-        found = forget[key].merge(found, on=key, how="left")
-    write_parquet(out["prompts"], found.reindex(columns=cols))
-    if grid_img is None:
-        from PIL import Image
-
-        grid_img = Image.new("RGB", (64, 16), "white")  # the search is off: an empty figure
-    with atomic_path(out["grid"]) as tmp:
-        grid_img.save(tmp, format="PNG")
-    for r in rows:
-        print(f"{r['attack']}: ASR {r['before']:.1f} -> {r['after']:.1f} ({r['budget']}, {r['seconds']:.1f} s)")
-
-
+# ------------------------------------------------------------ grid, relearning
 def attack_grid(judge, target: dict, rows: pd.DataFrame, unattacked_u8, attacked_u8):
     """Unattacked | attacked pictures of the rows the search attacked, the
     judge's label under each."""
@@ -414,45 +321,29 @@ def attack_grid(judge, target: dict, rows: pd.DataFrame, unattacked_u8, attacked
     return compare_grid(images, tables)
 
 
-def relearn_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``relearn_t2i``: fine-tune the UNet on a few forget pairs."""
-    from ..io import write_parquet
-    from ..models.clip import load_pairs
+def relearn(bundle, judge, target: dict, forget: pd.DataFrame, images_u8: torch.Tensor, captions: list[str], params: dict,
+            sampling: dict, gen: torch.Generator) -> list[dict]:
+    """Fine-tune the UNet on the pairs (the denoising loss, batches and noise
+    drawn from ``gen``); the ASR of the ``forget`` rows at each ``eval_at`` step."""
     from ..models.diffusion import noise_loss, to_model_space
+    from ..training import relearn_curve
 
-    bundle, judge, record = _setup(inp, params)
-    p = merge_params(RELEARN_DEFAULTS, params["relearn"], "attacks.t2i.relearn")
-    target, sampling = params["target"], params["sampling"]
-    forget = _forget_rows(params)
-    images, captions = load_pairs(inp["forget"], bundle.image_size)
-    if len(images) < int(p["pairs"]):
-        raise UnlearnflowError(f"{inp['forget']}: {len(images)} forget pairs, fewer than attacks.t2i.relearn.pairs {p['pairs']}")
-    gen = torch.Generator().manual_seed(int(params["seed"]))
-    pick = torch.randperm(len(images), generator=gen)[: int(p["pairs"])]
-    x0 = to_model_space(bundle, images[pick])
+    x0 = to_model_space(bundle, images_u8)
     with torch.no_grad():
-        ctx = bundle.encode_prompts([captions[i] for i in pick.tolist()])
+        ctx = bundle.encode_prompts(captions)
     unet = bundle.unet
     for q in unet.parameters():
         q.requires_grad_(True)
-    opt = torch.optim.AdamW(unet.parameters(), lr=float(p["lr"]), weight_decay=0.0)
-    steps = int(p["steps"])
-    marks = eval_marks(p["eval_at"], steps)
-    t0, curve = time.perf_counter(), []
-    for step in range(steps + 1):
-        if step in marks:
-            unet.eval()
-            pics = _generate(bundle, forget["prompt"], forget["seed"], sampling)
-            curve.append({"step": step, "asr": asr(judge, pics, target["kind"], target["name"])})
-        if step == steps:
-            break
-        unet.train()
-        b = torch.randint(0, len(x0), (int(p["batch_size"]),), generator=gen)
-        loss = noise_loss(bundle, x0[b], ctx[b], gen)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    unet.eval()
-    r = relearn_row("t2i", target["id"], params["method"], "asr", curve, p, time.perf_counter() - t0, record, pick.tolist())
-    write_parquet(out["attacks"], frame([r]))
-    print("relearn ASR by step: " + ", ".join(f"{c['step']}: {c['asr']:.1f}" for c in curve))
+    opt = torch.optim.AdamW(unet.parameters(), lr=float(params["lr"]), weight_decay=0.0)
+    steps = int(params["steps"])
+    marks = eval_marks(params["eval_at"], steps)
+
+    def evaluate(step: int) -> dict:
+        pics = _generate(bundle, forget["prompt"], forget["seed"], sampling)
+        return {"step": step, "asr": asr(judge, pics, target["kind"], target["name"])}
+
+    def loss_of() -> torch.Tensor:
+        b = torch.randint(0, len(x0), (int(params["batch_size"]),), generator=gen)
+        return noise_loss(bundle, x0[b], ctx[b], gen)
+
+    return relearn_curve(unet, opt, steps, marks, evaluate, loss_of)

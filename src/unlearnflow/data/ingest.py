@@ -572,39 +572,6 @@ def ingest(
     return info
 
 
-def _opt_int(value):
-    return None if value in (None, "", "null") else int(value)
-
-
-def eval_stage(inp: dict, out: dict, params: dict) -> None:
-    """Stage ``ingest_eval_set``: a real benchmark folder -> val/test tars + classes.json."""
-    # the rule passes the set's whole config block as params["folders"] (and
-    # the tree's listing and names-file stamps, rerun triggers recorded here)
-    params = {**params.get("folders", {}), **{k: v for k, v in params.items() if k != "folders"}}
-    for k in ("layout", "root", "image_size", "seed"):
-        if params.get(k) in (None, ""):
-            raise UnlearnflowError(f"ingest_eval_set: params.{k} is required")
-    info = ingest(
-        params["layout"],
-        params["root"],
-        out,
-        image_size=int(params["image_size"]),
-        seed=int(params["seed"]),
-        val_fraction=0.3 if params.get("val_fraction") in (None, "") else float(params["val_fraction"]),
-        max_per_class=_opt_int(params.get("max_per_class")),
-        top_k=_opt_int(params.get("top_k")),
-        min_images=_opt_int(params.get("min_images")) or 1,
-        names_file=params.get("names_file") or None,
-        evalset=params.get("evalset"),
-        max_unreadable=float(params.get("max_unreadable") or 0.0),
-        listing=params.get("listing"),
-    )
-    print(
-        f"{info['source']['layout']} {params['root']}: {info['counts']} images "
-        f"of {len(info['classes'])} {info['kind']} classes"
-    )
-
-
 __all__ = [
     "LAYOUTS",
     "Catalog",
@@ -620,5 +587,4 @@ __all__ = [
     "plan",
     "load_image",
     "ingest",
-    "eval_stage",
 ]

@@ -1,19 +1,20 @@
 """The real LAION path: metadata over HTTP, images through img2dataset.
 
-Three stages, each a function of files to files:
+Three stages (rules ``laion_metadata``, ``laion_shard_metadata``, ``laion_images``
+in :mod:`unlearnflow.stages.data`), each a function of files to files:
 
-1. ``metadata_stage`` downloads one LAION metadata parquet (e.g. a
+1. ``laion_metadata`` downloads one LAION metadata parquet (e.g. a
    LAION-400M ``part-000NN-....snappy.parquet``, about 1 GB) with
    :func:`download_file`: streamed to ``dest.part``, resumed with an HTTP
    ``Range`` request after an interruption, retried with exponential backoff,
    checked against the expected size and sha256, and only then renamed to
    ``dest``. A killed job leaves a ``.part`` that the next run resumes, never a
    half ``dest``.
-2. ``shard_metadata_stage`` cuts shard ``k`` (rows ``[k*N, (k+1)*N)``) out of
+2. ``laion_shard_metadata`` cuts shard ``k`` (rows ``[k*N, (k+1)*N)``) out of
    that parquet with :func:`shard_metadata`, reading row groups in batches so
    the whole file is never in memory. This is the row range img2dataset would
    have put in shard ``k`` with ``--number_sample_per_shard N``.
-3. ``images_stage`` fetches the shard's images with img2dataset
+3. ``laion_images`` fetches the shard's images with img2dataset
    (:func:`fetch_images`) into a private temporary folder, then rewrites the
    single tar img2dataset made (always ``00000.tar``, keys from ``00000``)
    under the keys img2dataset would have given had it processed the whole
@@ -570,68 +571,9 @@ def fetch_images(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-# -------------------------------------------------------- pipeline stages
-def metadata_stage(inp: dict, out: dict, params: dict) -> None:
-    info = download_file(
-        params["url"],
-        out["parquet"],
-        sha256=params.get("sha256") or None,
-        size=params.get("size") or None,
-        retries=int(params["retries"]),
-        backoff=float(params["backoff"]),
-        timeout=float(params["timeout"]),
-        check=check_parquet,
-    )
-    rows = check_parquet(out["parquet"])
-    print(
-        f"{info['url']}: {info['bytes']} bytes, {rows} rows, sha256 {info['sha256']} "
-        f"({info['attempts']} attempts) -> {out['parquet']}"
-    )
-
-
-def shard_metadata_stage(inp: dict, out: dict, params: dict) -> None:
-    rows = shard_metadata(
-        inp["metadata"],
-        str(params["shard"]),
-        int(params["samples_per_shard"]),
-        out["parquet"],
-        url_col=params.get("url_col", "URL"),
-        caption_col=params.get("caption_col", "TEXT"),
-    )
-    print(f"shard {params['shard']}: {rows} rows -> {out['parquet']}")
-
-
-def images_stage(inp: dict, out: dict, params: dict) -> None:
-    spp = params.get("samples_per_shard")
-    stats = fetch_images(
-        inp["parquet"],
-        str(params["shard"]),
-        out["tar"],
-        out["stats"],
-        image_size=int(params.get("image_size", 256)),
-        url_col=params.get("url_col", "URL"),
-        caption_col=params.get("caption_col", "TEXT"),
-        additional_columns=tuple(params.get("additional_columns", ADDITIONAL_COLUMNS)),
-        processes=int(params.get("processes", 1)),
-        threads=int(params.get("threads", 16)),
-        timeout=int(params.get("timeout", 10)),
-        retries=int(params.get("retries", 0)),
-        resize_mode=params.get("resize_mode", "border"),
-        encode_quality=int(params.get("encode_quality", 95)),
-        samples_per_shard=int(spp) if spp else None,
-    )
-    print(
-        f"shard {params['shard']}: {stats['successes']}/{stats['count']} images -> {out['tar']} "
-        f"({stats['failed_to_download']} failed to download, {stats['failed_to_resize']} to resize)"
-    )
-
-
 __all__ = [
     "download_file",
     "check_parquet",
     "shard_metadata",
     "fetch_images",
-    "metadata_stage",
-    "shard_metadata_stage",
-    "images_stage",
 ]

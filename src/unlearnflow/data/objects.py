@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ..io import UnlearnflowError, read_json, write_json
+from ..targets import check_split
 from . import render
 from .shards import Sample, ShardWriter, iter_samples
 from .synthetic import SyntheticSpec
@@ -55,19 +56,6 @@ def object_samples(spec: SyntheticSpec, split: str, per_class: int):
                 f"i2i_{split}_{ci:03d}_{j:05d}",
                 {"png": encode_png(image), "txt": f"a photo of a {obj}", "json": json.dumps(meta), "cls": str(ci)},
             )
-
-
-def check_split(objects, forget_classes, retain_classes) -> None:
-    known = list(objects)
-    for key, classes in (("forget_classes", forget_classes), ("retain_classes", retain_classes)):
-        if not classes:
-            raise UnlearnflowError(f"i2i.{key}: empty; name some of the objects {known}")
-        unknown = [c for c in classes if c not in known]
-        if unknown:
-            raise UnlearnflowError(f"i2i.{key}: {unknown} not among the objects {known}")
-    both = sorted(set(forget_classes) & set(retain_classes))
-    if both:
-        raise UnlearnflowError(f"i2i: classes {both} are in both forget_classes and retain_classes")
 
 
 def proxy_samples(spec: SyntheticSpec, pool: str, n: int, retain_classes):
@@ -157,20 +145,3 @@ def split_sets(
     }
     write_json(out["summary"], summary)
     return summary
-
-
-# -------------------------------------------------------- pipeline stages
-def images_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``i2i_images``."""
-    spec = SyntheticSpec.from_params(params["synthetic"])
-    info = write_images(spec, params["per_class"], out)
-    print(f"i2i images: {info['counts']} of {len(info['classes'])} classes")
-
-
-def sets_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``i2i_sets``."""
-    spec = SyntheticSpec.from_params(params["synthetic"])
-    summary = split_sets(
-        inp, out, spec, params["forget_classes"], params["retain_classes"], params["proxy"], params.get("per_class")
-    )
-    print(json.dumps(summary["counts"]))

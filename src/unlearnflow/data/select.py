@@ -305,27 +305,6 @@ def select_sets(
     return summary
 
 
-def select_stage(inp: dict, out: dict, params: dict) -> None:
-    held = inp.get("heldout_shards") or []
-    s = select_sets(
-        shards=inp["shards"] if isinstance(inp["shards"], list) else [inp["shards"]],
-        target=params["target"],
-        retain_size=int(params["retain_size"] or 0),  # None: the retain set is shared
-        seed=int(params["seed"]),
-        forget_out=out["forget"],
-        retain_out=out.get("retain"),  # none: the shared retain set (select_retain)
-        summary_out=out["summary"],
-        target_id=params["target_id"],
-        heldout_out=out.get("heldout"),
-        heldout_shards=held if isinstance(held, list) else [held],
-        heldout_fraction=float(params["heldout_fraction"]),
-    )
-    print(
-        f"{s['target']}: forget {s['forget']}, retain {s['retain']}, held-out {s.get('heldout')} "
-        f"of {s['scanned']} scanned; dropped {s['dropped']}"
-    )
-
-
 def select_retain(shards, targets: dict[str, dict], retain_size: int, seed: int, retain_out, summary_out,
                   heldout_fraction: float = 0.0) -> dict:
     """One retain set for every target: the captions naming none of
@@ -393,21 +372,6 @@ def select_retain(shards, targets: dict[str, dict], retain_size: int, seed: int,
     return summary
 
 
-def retain_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``select_retain``: the retain set shared by every target."""
-    s = select_retain(
-        shards=inp["shards"] if isinstance(inp["shards"], list) else [inp["shards"]],
-        targets=params["targets"],
-        retain_size=int(params["retain_size"]),
-        seed=int(params["seed"]),
-        retain_out=out["retain"],
-        summary_out=out["summary"],
-        heldout_fraction=float(params["heldout_fraction"]),
-    )
-    print(f"shared retain set: {s['retain']} of {s['scanned']} scanned, excluding {sorted(s['excluded_targets'])}; "
-          f"dropped {s['dropped']}")
-
-
 def _metadata_captions(path, caption_col: str) -> list[str]:
     import pyarrow.parquet as pq
 
@@ -440,4 +404,3 @@ def scan_metadata(shards, heldout_shards, targets: dict[str, dict], caption_col:
                     f"before downloading any image: fix the target's name, aliases or regex, or the shards"
                 )
     return report
-

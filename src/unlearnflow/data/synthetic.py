@@ -403,20 +403,6 @@ def write_eval_set(spec: SyntheticSpec, evalset: str, per_class: dict, outputs: 
     return info
 
 
-# -------------------------------------------------------- pipeline stages
-def shard_stage(inp: dict, out: dict, params: dict) -> None:
-    spec = SyntheticSpec.from_params(params["synthetic"])
-    stats = write_shard(spec, params["shard"], out["parquet"], out["tar"], out["stats"])
-    print(f"shard {params['shard']}: {stats['successes']}/{stats['count']} samples written to {out['tar']}")
-
-
-def eval_stage(inp: dict, out: dict, params: dict) -> None:
-    spec = SyntheticSpec.from_params(params["synthetic"])
-    info = write_eval_set(spec, params["evalset"], params["per_class"], out)
-    print(f"{params['evalset']}: {info['counts']} images of {len(info['classes'])} classes")
-
-
-
 __all__ = [
     "SyntheticSpec",
     "write_shard",

@@ -1,4 +1,4 @@
-"""Unlearning methods: one module each, one registry, one stage.
+"""Unlearning methods: one module each, one registry (their stages: :mod:`unlearnflow.stages`).
 
 A method module defines ``run(ctx: MethodContext, params: dict) -> MethodResult``:
 it gets the base model, the forget/retain sets, whatever precomputed inputs
@@ -53,48 +53,6 @@ def get_method(name: str, family: str = "clip"):
     if name not in known:
         raise UnlearnflowError(f"unknown {family} method {name!r}; known methods: {sorted(known)}")
     return importlib.import_module(known[name])
-
-
-def unlearn_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``unlearn_clip``: run one method on one target from the base model."""
-    import time
-
-    import torch
-
-    from .. import provenance
-    from ..io import write_json, write_parquet
-    from ..metrics.clip_eval import eval_sets_from
-    from ..models.clip import load_clip, resolve_device
-
-    if params.get("threads"):
-        torch.set_num_threads(int(params["threads"]))
-    method = params["method"]
-    module = get_method(method)
-    torch.manual_seed(int(params.get("seed", 0)))
-    bundle = load_clip(Path(inp["config"]).parent, device=resolve_device(params.get("device", "auto")))
-    ctx = MethodContext(
-        bundle=bundle,
-        target=params["target"],
-        forget_tar=inp.get("forget"),
-        retain_tar=inp.get("retain"),
-        grad_forget=inp.get("grad_forget"),
-        grad_retain=inp.get("grad_retain"),
-        layers=inp.get("layers"),
-        mask=inp.get("mask"),
-        val_sets=eval_sets_from(inp, "val"),
-        seed=int(params.get("seed", 0)),
-    )
-    t0 = time.time()
-    result = module.run(ctx, params.get("params", {}))
-    seconds = time.time() - t0
-    base = bundle.info.get("fingerprint", "")
-    prov = provenance.this_job(method=method, target=params["target"]["id"], seed=ctx.seed, base_fingerprint=base)
-    save_delta(out["delta"], result.tensors, method=method, base=base, provenance=prov)
-    write_parquet(out["trace"], result.trace if len(result.trace.columns) else pd.DataFrame({"probe": []}))
-    info = {"method": method, "target": params["target"], "seconds": seconds, **result.info, "provenance": prov}
-    info["changed_tensors"] = sorted(result.tensors)
-    write_json(out["info"], info)
-    print(f"{method}: changed {len(result.tensors)} tensor(s) in {seconds:.1f} s")
 
 
 def save_delta(path, tensors: dict, *, method: str, base: str, provenance: dict | None = None, **meta_extra) -> None:

@@ -54,36 +54,24 @@ import time
 import pandas as pd
 import torch
 
+from .. import method_table
 from ..gradients import iter_batches, set_loss
 from ..io import UnlearnflowError
 from ..models.clip import normalise
+from ..training import SCHEDULES, MaskedUpdate, lr_at, train_steps
 
 log = logging.getLogger(__name__)
 
 SIGN = "loss = -forget_weight * L_forget + retain_weight * L_retain, minimised (ascent on the forget loss)"
 OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "constant")
 PASSES = ("alternate", "joint")
 # The paper's settings for ViT-B-32, and the defaults every fine-tuning
 # baseline shares, scaled for the tiny default CLIP (3.5 M parameters,
 # pretrained at lr 5e-4: the paper's lr would not move it measurably).
 PAPER = {"optimizer": "adamw", "lr": 1e-7, "batch_size": 32, "weight_decay": 0.1, "epochs": 10, "schedule": "cosine"}
-FINETUNE_DEFAULTS = {
-    "epochs": 5,
-    "max_steps": None,
-    "lr": 5e-5,
-    "weight_decay": 0.1,
-    "batch_size": 32,
-    "optimizer": "adamw",
-    "schedule": "cosine",
-    "warmup_steps": 0,
-    "passes": "alternate",
-    "forget_loss": "cosine",
-    "retain_loss": "contrastive",
-}
+FINETUNE_DEFAULTS = dict(method_table.FINETUNE)  # the one source: unlearnflow.method_table
 
 FROZEN = ("logit_scale", "logit_bias")  # the temperature (and SigLIP's bias): never trained, never returned
-_OPT_STATE = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
 
 # the keys every fine-tuning method accepts (its DEFAULTS give the values)
 FINETUNE_KEYS = (
@@ -203,16 +191,6 @@ def decays(name: str, p: torch.Tensor) -> bool:
     return not (p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name)
 
 
-def lr_at(step: int, *, lr: float, total: int, schedule: str, warmup_steps: int) -> float:
-    """Linear warmup over ``warmup_steps``, then cosine to 0 at ``total`` (or constant)."""
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    if schedule == "constant":
-        return lr
-    t = (step - warmup_steps) / max(1, total - warmup_steps)
-    return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-
 def _check_mask(mask: dict, params: dict) -> None:
     unknown = sorted(set(mask) - set(params))
     if unknown:
@@ -270,25 +248,20 @@ def finetune(
     params = dict(model.named_parameters())
 
     # which parameters train, and how the mask constrains them
-    restore = []  # (param, salient mask, non-salient mask, theta0)
-    trainable = {}
+    trainable, salient = {}, {}  # name -> parameter / its mask
     if mask is not None:
         _check_mask(mask, params)
     for n, p in params.items():
         if n in FROZEN:
             continue
         if mask is None:
-            trainable[n] = (p, None)
+            trainable[n] = p
             continue
         m = mask.get(n)
         if m is None or not bool(m.any()):
             continue  # no salient element: frozen
-        m = m.to(device)
-        if bool(m.all()):
-            trainable[n] = (p, None)
-        else:
-            trainable[n] = (p, m)
-            restore.append((p, m, ~m, p.detach().clone()))
+        trainable[n] = p
+        salient[n] = m.to(device)
     if not trainable:
         raise UnlearnflowError("no trainable parameter (is the mask all False?)")
 
@@ -315,15 +288,45 @@ def finetune(
     for n, p in params.items():
         p.requires_grad_(n in trainable)
         p.grad = None
-    decay = [p for n, (p, _) in trainable.items() if decays(n, p)]
-    no_decay = [p for n, (p, _) in trainable.items() if not decays(n, p)]
+    decay = [p for n, p in trainable.items() if decays(n, p)]
+    no_decay = [p for n, p in trainable.items() if not decays(n, p)]
     groups = [{"params": decay, "weight_decay": float(weight_decay)}, {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     if optimizer == "adamw":
         opt = torch.optim.AdamW(groups, lr=float(lr))
     else:
         opt = torch.optim.SGD(groups, lr=float(lr), momentum=0.9)
-    masked_grads = [(p, m) for p, m in trainable.values() if m is not None]
+    # SalUn: grad <- grad * mask, then non-salient weights and their state restored
+    update = MaskedUpdate(trainable, salient, restore=restore_masked)
+    losses = {"forget": [], "retain": []}  # this epoch's
+
+    def loss_of(batch) -> torch.Tensor:  # batch: (forget indices, retain indices), None = none
+        images, tokens, sizes = [], [], []
+        for s, idxs in zip((forget, retain), batch):
+            if idxs is not None:
+                images.append(s[0][idxs])
+                tokens.append(s[1][idxs])
+                sizes.append(len(idxs))
+            else:
+                sizes.append(0)
+        # one forward for both batches (CLIP has no batch-dependent layer)
+        x = normalise(torch.cat(images).to(device, non_blocking=True))
+        t = torch.cat(tokens).to(device, non_blocking=True)
+        img_f, txt_f = model.encode_image(x), model.encode_text(t)
+        nf = sizes[0]
+        loss = img_f.new_zeros(())
+        if nf:
+            lf = set_loss(forget_loss, img_f[:nf], txt_f[:nf], model.logit_scale)
+            loss = loss - fw * lf  # the minus: ascent on the forget loss
+            losses["forget"].append(lf.item())
+        if sizes[1]:
+            lr_loss = set_loss(retain_loss, img_f[nf:], txt_f[nf:], model.logit_scale)
+            loss = loss + rw * lr_loss
+            losses["retain"].append(lr_loss.item())
+        return loss
+
+    def lr_of(s: int) -> float:
+        return lr_at(s, lr=float(lr), total=total, schedule=schedule, warmup_steps=int(warmup_steps))
 
     rows = []
     step = 0
@@ -335,46 +338,11 @@ def finetune(
             plan = epoch_plan(passes, n_f, n_r, batch_size, gen, cycler, **single)
             assert len(plan) == steps_per_epoch, (len(plan), steps_per_epoch)
             f_losses, r_losses = [], []
-            cur_lr = float("nan")
-            for f_idx, r_idx in plan:  # the plan has no contrastive batch of one pair
-                if step >= total:
-                    break
-                cur_lr = lr_at(step, lr=float(lr), total=total, schedule=schedule, warmup_steps=int(warmup_steps))
-                for g in opt.param_groups:
-                    g["lr"] = cur_lr
-                images, tokens, sizes = [], [], []
-                for s, idxs in ((forget, f_idx), (retain, r_idx)):
-                    if idxs is not None:
-                        images.append(s[0][idxs])
-                        tokens.append(s[1][idxs])
-                        sizes.append(len(idxs))
-                    else:
-                        sizes.append(0)
-                # one forward for both batches (CLIP has no batch-dependent layer)
-                x = normalise(torch.cat(images).to(device, non_blocking=True))
-                t = torch.cat(tokens).to(device, non_blocking=True)
-                img_f, txt_f = model.encode_image(x), model.encode_text(t)
-                nf = sizes[0]
-                loss = img_f.new_zeros(())
-                if nf:
-                    lf = set_loss(forget_loss, img_f[:nf], txt_f[:nf], model.logit_scale)
-                    loss = loss - fw * lf  # the minus: ascent on the forget loss
-                    f_losses.append(lf.item())
-                if sizes[1]:
-                    lr_loss = set_loss(retain_loss, img_f[nf:], txt_f[nf:], model.logit_scale)
-                    loss = loss + rw * lr_loss
-                    r_losses.append(lr_loss.item())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if masked_grads:
-                    with torch.no_grad():
-                        for p, m in masked_grads:
-                            if p.grad is not None:
-                                p.grad.mul_(m)  # grad <- grad * mask
-                opt.step()
-                if restore_masked and restore:
-                    _restore(opt, restore)
-                step += 1
+            losses.update(forget=f_losses, retain=r_losses)
+            # the plan has no contrastive batch of one pair
+            step = train_steps(opt, plan, loss_of, lr=lr_of, grad_hook=update.mask_grads,
+                               after_step=lambda: update.restore(opt), step=step, stop=total)  # fmt: skip
+            cur_lr = lr_of(step - 1)  # the epoch's last (it ran at least one step)
             row = {
                 "epoch": epoch,
                 "steps": step,
@@ -398,20 +366,8 @@ def finetune(
         "steps": step,
         "seconds": time.perf_counter() - t_start,
         "trainable_tensors": len(trainable),
-        "masked_tensors": len(restore),
+        "masked_tensors": len(update),
     }
-
-
-@torch.no_grad()
-def _restore(opt, restore) -> None:
-    """Non-salient elements back to theta(0); their optimizer state to 0."""
-    for p, m, off, theta0 in restore:
-        p.copy_(torch.where(m, p, theta0))
-        state = opt.state.get(p, {})
-        for key in _OPT_STATE:
-            buf = state.get(key)
-            if isinstance(buf, torch.Tensor) and buf.shape == p.shape:
-                buf.masked_fill_(off, 0)
 
 
 # ------------------------------------------------- the method interface
@@ -463,8 +419,20 @@ def run_finetune(ctx, params: dict, *, method: str, defaults: dict, mask: dict |
     return MethodResult(tensors=tensors, trace=trace, info=result_info)
 
 
+def finetune_method(method: str, defaults: dict):
+    """The ``run`` of a fine-tuning method module (ft, ga, ga_ft: one module
+    per method, differing only in their DEFAULTS' loss weights)."""
+
+    def run(ctx, params: dict):
+        """The method interface (see unlearnflow.methods)."""
+        return run_finetune(ctx, params, method=method, defaults=defaults)
+
+    return run
+
+
 __all__ = [
     "finetune",
+    "finetune_method",
     "changed_tensors",
     "snapshot",
     "load_set",

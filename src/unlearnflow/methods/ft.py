@@ -7,27 +7,13 @@ it forgets only by catastrophic drift. An epoch is one pass over the retain
 set. The loop, its sign convention and the frozen ``logit_scale`` are in
 :mod:`unlearnflow.methods.finetune`.
 
-The paper's ViT-B-32 settings::
-
-    PAPER = {"optimizer": "adamw", "lr": 1e-7, "batch_size": 32,
-             "weight_decay": 0.1, "epochs": 10, "schedule": "cosine"}
-
-DEFAULTS are scaled for the tiny default CLIP (3.5 M parameters, pretrained
-at lr 5e-4): the paper's lr would not move it measurably.
+The paper's ViT-B-32 settings are ``finetune.PAPER``; DEFAULTS are scaled
+for the tiny default CLIP (3.5 M parameters, pretrained at lr 5e-4): the
+paper's lr would not move it measurably.
 """
 
-from __future__ import annotations
+from .. import method_table
+from .finetune import finetune_method
 
-from .finetune import FINETUNE_DEFAULTS, PAPER, run_finetune  # noqa: F401  (PAPER: documented values)
-
-
-DEFAULTS = {
-    **FINETUNE_DEFAULTS,
-    "forget_weight": 0.0,
-    "retain_weight": 1.0,
-}
-
-
-def run(ctx, params: dict):
-    """The method interface (see unlearnflow.methods)."""
-    return run_finetune(ctx, params, method="ft", defaults=DEFAULTS)
+DEFAULTS = method_table.defaults("clip", "ft")  # the one source: unlearnflow.method_table
+run = finetune_method("ft", DEFAULTS)  # the method interface (see unlearnflow.methods)

@@ -8,26 +8,12 @@ utility, which is why GA loses most of it in the paper (ImageNet 35.9,
 CelebA 24.9 on ViT-B-32). An epoch is one pass over the forget set. The
 loop is :mod:`unlearnflow.methods.finetune`.
 
-The paper's ViT-B-32 settings::
-
-    PAPER = {"optimizer": "adamw", "lr": 1e-7, "batch_size": 32,
-             "weight_decay": 0.1, "epochs": 10, "schedule": "cosine"}
-
-DEFAULTS are scaled for the tiny default CLIP (3.5 M parameters).
+DEFAULTS (forget weight 1, retain weight 0) are scaled for the tiny default
+CLIP (3.5 M parameters); the paper's ViT-B-32 settings are ``finetune.PAPER``.
 """
 
-from __future__ import annotations
+from .. import method_table
+from .finetune import finetune_method
 
-from .finetune import FINETUNE_DEFAULTS, PAPER, run_finetune  # noqa: F401  (PAPER: documented values)
-
-
-DEFAULTS = {
-    **FINETUNE_DEFAULTS,
-    "forget_weight": 1.0,
-    "retain_weight": 0.0,
-}
-
-
-def run(ctx, params: dict):
-    """The method interface (see unlearnflow.methods)."""
-    return run_finetune(ctx, params, method="ga", defaults=DEFAULTS)
+DEFAULTS = method_table.defaults("clip", "ga")  # the one source: unlearnflow.method_table
+run = finetune_method("ga", DEFAULTS)  # the method interface (see unlearnflow.methods)

@@ -8,26 +8,12 @@ retain set. An epoch is one pass over the forget set (the retain set is
 cycled). The loop is :mod:`unlearnflow.methods.finetune`; SalUn is this
 method restricted to a saliency mask (:mod:`unlearnflow.methods.salun`).
 
-The paper's ViT-B-32 settings::
-
-    PAPER = {"optimizer": "adamw", "lr": 1e-7, "batch_size": 32,
-             "weight_decay": 0.1, "epochs": 10, "schedule": "cosine"}
-
-DEFAULTS are scaled for the tiny default CLIP (3.5 M parameters).
+Settings: ``finetune.PAPER`` (the paper's, ViT-B-32); DEFAULTS (both weights
+1) are scaled for the tiny default CLIP (3.5 M parameters).
 """
 
-from __future__ import annotations
+from .. import method_table
+from .finetune import finetune_method
 
-from .finetune import FINETUNE_DEFAULTS, PAPER, run_finetune  # noqa: F401  (PAPER: documented values)
-
-
-DEFAULTS = {
-    **FINETUNE_DEFAULTS,
-    "forget_weight": 1.0,
-    "retain_weight": 1.0,
-}
-
-
-def run(ctx, params: dict):
-    """The method interface (see unlearnflow.methods)."""
-    return run_finetune(ctx, params, method="ga_ft", defaults=DEFAULTS)
+DEFAULTS = method_table.defaults("clip", "ga_ft")  # the one source: unlearnflow.method_table
+run = finetune_method("ga_ft", DEFAULTS)  # the method interface (see unlearnflow.methods)

@@ -32,21 +32,15 @@ from pathlib import Path
 
 import torch
 
+from .. import method_table
 from ..io import InputFileError, UnlearnflowError
-from .finetune import FINETUNE_DEFAULTS, FROZEN, PAPER, run_finetune  # noqa: F401  (PAPER: documented values)
+from .finetune import FROZEN, PAPER, run_finetune  # noqa: F401  (PAPER: documented values)
 
 log = logging.getLogger(__name__)
 
 
 
-DEFAULTS = {
-    **FINETUNE_DEFAULTS,
-    "forget_weight": 1.0,
-    "retain_weight": 1.0,
-    # which mask file the workflow feeds in (results/masks/.../salun_{f}.safetensors);
-    # recorded and checked against the file's metadata, not used in training
-    "mask_fraction": 0.5,
-}
+DEFAULTS = method_table.defaults("clip", "salun")  # the one source: unlearnflow.method_table
 
 
 def load_mask(path, model) -> tuple[dict[str, torch.Tensor], dict, dict]:

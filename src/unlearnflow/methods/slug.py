@@ -38,22 +38,14 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from .. import method_table
 from ..io import UnlearnflowError
 from ..metrics.clip_eval import SEARCH_METRICS, UTILITY, EvalSuite, within_budget
+from ..training import step_size_search
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "max_layers_per_tower": 3,
-    "max_probes": 10,
-    "init_fraction": 0.1,
-    # auto: the reference's FA@5 rule; where no front layer meets it within
-    # the utility budget, the search runs again on FA@1 (docs/fidelity.md item 9)
-    "forget_metric": "auto",
-    "forget_target": 0.0,
-    "utility_budget": {"identity_acc1": 5.0, "test_acc1": 3.0},
-    "bracket_tol": 0.05,
-}
+DEFAULTS = method_table.defaults("clip", "slug")  # the one source: unlearnflow.method_table
 
 # The reference stops on FA@5 = 0 over CelebA's 100 identities, where the top
 # 5 are 5 % of the names. Among 10 object names they are half of them: FA@5 =
@@ -219,28 +211,13 @@ def search_layer(evaluate, theta0, grad, base: dict, p: dict, layer: str) -> tup
     if gnorm == 0 or not math.isfinite(gnorm):
         return [], {"layer": layer, "status": "zero gradient"}
     state = SearchState(lam=p["init_fraction"] * tnorm / gnorm)
-    rows = []
-    for probe in range(int(p["max_probes"])):
-        t0 = time.perf_counter()
-        m = evaluate(edited(theta0, grad, state.lam))
-        f, ok = forgets(m, p), within_budget(base, m, p["utility_budget"])
-        rows.append(
-            {
-                "layer": layer,
-                "probe": probe,
-                "lam": state.lam,
-                "step_norm_ratio": state.lam * gnorm / tnorm,
-                "forgets": f,
-                "within_budget": ok,
-                "seconds": time.perf_counter() - t0,
-                **{k: m[k] for k in SEARCH_METRICS if k in m},
-            }
-        )
-        if f and ok and (state.best is None or state.lam < state.best[0]):
-            state.best = (state.lam, m)
-        state.next(f)
-        if state.converged(p["bracket_tol"]):
-            break
+
+    def probe(lam: float):
+        m = evaluate(edited(theta0, grad, lam))
+        return m, forgets(m, p), within_budget(base, m, p["utility_budget"])
+
+    rows = step_size_search(state, probe, max_probes=p["max_probes"], tol=p["bracket_tol"], gnorm=gnorm, tnorm=tnorm,
+                            head={"layer": layer}, metrics=lambda m: {k: m[k] for k in SEARCH_METRICS if k in m})  # fmt: skip
     if state.best is not None:
         lam, m = state.best
         outcome = {"status": "forgets within budget", "lam": lam, "metrics": m}

@@ -50,6 +50,7 @@ import time
 import pandas as pd
 import torch
 
+from .. import method_table
 from ..gradients import iter_batches, set_loss
 from ..io import UnlearnflowError
 from ..metrics.clip_eval import SEARCH_METRICS, within_budget
@@ -58,19 +59,9 @@ from .finetune import FROZEN, changed_tensors, merge_params, snapshot
 
 log = logging.getLogger(__name__)
 
-PAPER_LAMBDAS = [0.1 + i * (5.0 - 0.1) / 9 for i in range(10)]  # linspace(0.1, 5, 10)
+PAPER_LAMBDAS = method_table.SSD_LAMBDAS  # linspace(0.1, 5, 10)
 
-DEFAULTS = {
-    "alpha": 10.0,
-    "lambdas": PAPER_LAMBDAS,
-    "batch_size": 32,
-    "forget_metric": "fa1",
-    "forget_target": 0.0,
-    "utility_budget": {"identity_acc1": 5.0, "test_acc1": 3.0},
-    "forget_loss": "cosine",
-    "retain_loss": "contrastive",
-    "lambda_mode": "cumulative",
-}
+DEFAULTS = method_table.defaults("clip", "ssd")  # the one source: unlearnflow.method_table
 LAMBDA_MODES = ("cumulative", "independent")
 
 SIGN = "theta * min(lambda * I_d / I_f, 1) where I_f > alpha * I_d; larger lambda = gentler"

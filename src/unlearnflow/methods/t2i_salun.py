@@ -32,18 +32,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .. import method_table
 from ..io import UnlearnflowError
+from ..training import MaskedUpdate, train_steps
 from . import MethodResult
 
-DEFAULTS = {
-    "mask_fraction": 0.5,
-    "steps": 100,
-    "batch_size": 16,
-    "lr": 1.0e-5,  # Adam, as SalUn on Stable Diffusion
-    "alpha": 1.0,
-    "pseudo": "next",
-    "pseudo_target": "live",
-}
+DEFAULTS = method_table.defaults("t2i", "salun")  # the one source: unlearnflow.method_table
 PSEUDO_TARGETS = ("live", "frozen")
 
 
@@ -103,36 +97,6 @@ def unet_forget_gradients(
     return total, batches
 
 
-def masks_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``t2i_salun_masks``: one UNet mask file per fraction."""
-    from pathlib import Path
-
-    from ..masks import global_topk_masks, mask_metadata, save_mask
-    from ..models.clip import resolve_device
-    from ..models.diffusion import load_t2i
-
-    if params.get("threads"):
-        torch.set_num_threads(int(params["threads"]))
-    bundle = load_t2i(Path(inp["model"]).parent, device=resolve_device(params.get("device", "auto")))
-    t0 = time.time()
-    guidance, clip_norm = float(params["guidance"]), params["clip_norm"]
-    grads, batches = unet_forget_gradients(
-        bundle, inp["forget"], batch_size=int(params["batch_size"]), seed=int(params["seed"]),
-        guidance=guidance, clip_norm=None if clip_norm is None else float(clip_norm),
-    )  # fmt: skip
-    if batches == 0:
-        raise UnlearnflowError(f"{inp['forget']}: the forget set is empty")
-    grads = {f"unet.{n}": g for n, g in grads.items()}
-    masks = global_topk_masks(grads, list(params["fractions"]), exclude=())
-    for fraction, (m, info) in masks.items():
-        key = f"mask_{fraction:g}"
-        save_mask(out[key], m, mask_metadata(info, inp["forget"], exclude=(), extra={
-            "model": "t2i unet", "batches": batches, "guidance": guidance, "clip_norm": clip_norm,
-            "loss": f"denoising loss of the guided prediction (w = {guidance:g}), summed over batches"
-                    + ("" if clip_norm is None else f", each clipped to norm {clip_norm:g}")}))  # fmt: skip
-    print(f"{len(masks)} UNet masks from {batches} batches in {time.time() - t0:.1f} s")
-
-
 def run(ctx, params: dict):
     from ..masks import load_mask
     from ..models.clip import load_pairs
@@ -163,11 +127,14 @@ def run(ctx, params: dict):
     for n in trainable:
         unet_params[n].requires_grad_(True)
     opt = torch.optim.Adam([unet_params[n] for n in trainable], lr=float(p["lr"]))
+    # SalUn: only salient weights receive gradient, and non-salient weights are
+    # restored after each step (a no-op here: Adam without weight decay does not
+    # move a weight whose gradient is 0); the optimizer state is left as it is
+    update = MaskedUpdate({n: unet_params[n] for n in trainable}, masks, zero_state=False, theta0=theta0)
     gen = torch.Generator().manual_seed(ctx.seed)
-    bs, rows = int(p["batch_size"]), []
-    b.unet.train()
-    t0 = time.time()
-    for step in range(int(p["steps"])):
+    bs, rows, terms = int(p["batch_size"]), [], {}
+
+    def loss_of(_step) -> torch.Tensor:
         fi = torch.randint(0, len(f_cap), (bs,), generator=gen)
         ri = torch.randint(0, len(r_cap), (bs,), generator=gen)
         x0 = to_model_space(b, f_img[fi])
@@ -175,18 +142,17 @@ def run(ctx, params: dict):
         xt = b.scheduler.add_noise(x0, torch.randn(x0.shape, generator=gen).to(b.device), t)
         with torch.no_grad():
             target = pseudo_net(xt, t, encoder_hidden_states=p_ctx[fi]).sample
-        loss_f = F.mse_loss(b.unet(xt, t, encoder_hidden_states=f_ctx[fi]).sample, target)
-        loss_r = noise_loss(b, to_model_space(b, r_img[ri]), r_ctx[ri], gen)
-        loss = loss_f + float(p["alpha"]) * loss_r
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for n in trainable:  # SalUn: only salient weights receive gradient ...
-            unet_params[n].grad.mul_(masks[n])
-        opt.step()
-        with torch.no_grad():  # ... and non-salient weights stay exactly as they were
-            for n in trainable:
-                unet_params[n].copy_(torch.where(masks[n], unet_params[n], theta0[n]))
-        rows.append({"step": step, "loss": loss.item(), "loss_forget": loss_f.item(), "loss_retain": loss_r.item()})
+        terms["forget"] = F.mse_loss(b.unet(xt, t, encoder_hidden_states=f_ctx[fi]).sample, target)
+        terms["retain"] = noise_loss(b, to_model_space(b, r_img[ri]), r_ctx[ri], gen)
+        return terms["forget"] + float(p["alpha"]) * terms["retain"]
+
+    def record(step, loss, _lr, _hooked) -> None:
+        rows.append({"step": step, "loss": loss.item(), "loss_forget": terms["forget"].item(), "loss_retain": terms["retain"].item()})
+
+    b.unet.train()
+    t0 = time.time()
+    train_steps(opt, range(int(p["steps"])), loss_of, grad_hook=update.mask_grads,
+                after_step=lambda: update.restore(opt), on_step=record)  # fmt: skip
     b.unet.eval()
     for n in trainable:
         unet_params[n].requires_grad_(False)

@@ -33,34 +33,18 @@ import logging
 import math
 import time
 
-import numpy as np
 import pandas as pd
 import torch
 
+from .. import method_table
 from ..io import UnlearnflowError
+from ..training import step_size_search
 from . import MethodResult
 from .slug import SearchState, edited, front_layers
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "criterion": "generate",
-    "max_layers": 1,  # the reference edits one text layer (clip/a6_uncanvas.py)
-    "layer_choice": "deepest",  # the reference's: the deepest front layer
-    "max_probes": 8,
-    "init_fraction": 0.1,
-    "bracket_tol": 0.1,
-    "ua_target": 75.0,
-    "ira_budget": 15.0,
-    "clip_score_ratio": 0.9,
-    "search_seeds": [1000, 1001],
-    "max_retain_prompts": 12,
-    "search_steps": 15,
-    # cheap probes, then the chosen step validated on the whole search set
-    "probe_seeds": 2,
-    "probe_steps": 8,
-    "max_refine": 4,
-}
+DEFAULTS = method_table.defaults("t2i", "slug")  # the one source: unlearnflow.method_table
 
 
 LAYER_CHOICES = ("deepest", "rank")
@@ -156,21 +140,15 @@ def _ok(base: dict, m: dict, p: dict) -> bool:
 def probe_loop(probe, layer, theta0, grad, base: dict, p: dict, state, max_probes: int, full: bool):
     """Probe lambdas from ``state`` (grow x2 until it forgets, then bisect);
     the trace rows and the smallest lambda that forgets within budget."""
-    rows, phase = [], "validate" if full and probe.cheap else "probe"
+    phase = "validate" if full and probe.cheap else "probe"
     gnorm, tnorm = float(grad.float().norm()), float(theta0.float().norm())
-    for k in range(int(max_probes)):
-        t0 = time.perf_counter()
-        m = probe(layer, edited(theta0, grad, state.lam), full=full)
-        forgets, ok = m["ua"] >= p["ua_target"], _ok(base, m, p)
-        rows.append({"layer": layer, "phase": phase, "probe": k, "lam": state.lam,
-                     "step_norm_ratio": state.lam * gnorm / tnorm, "forgets": forgets, "within_budget": ok,
-                     "seconds": time.perf_counter() - t0, **m})
-        if forgets and ok and (state.best is None or state.lam < state.best[0]):
-            state.best = (state.lam, m)
-        state.next(forgets)
-        if state.converged(p["bracket_tol"]):
-            break
-    return rows
+
+    def measure(lam: float):
+        m = probe(layer, edited(theta0, grad, lam), full=full)
+        return m, m["ua"] >= p["ua_target"], _ok(base, m, p)
+
+    return step_size_search(state, measure, max_probes=max_probes, tol=p["bracket_tol"], gnorm=gnorm, tnorm=tnorm,
+                            head={"layer": layer, "phase": phase})  # fmt: skip
 
 
 def outcome_of(layer: str, rows: list[dict], state) -> dict:

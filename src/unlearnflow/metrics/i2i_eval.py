@@ -32,13 +32,10 @@ ISstd_F; ``clip_cosine``: checkpoint, CLIP_R, CLIP_F).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
-from ..io import UnlearnflowError, atomic_path, load_tensors, read_json, save_tensors, write_json
+from ..io import UnlearnflowError, atomic_path
 
 SPLITS = ("forget", "retain")
 PAIRED = ("ssim", "psnr", "lpips")  # each output against its own ground truth
@@ -49,19 +46,6 @@ TABLE_COLUMNS = [
 ]  # fmt: skip
 FID_IS_COLUMNS = ["checkpoint", "FID_R", "ISmean_R", "ISstd_R", "FID_F", "ISmean_F", "ISstd_F"]
 CLIP_COLUMNS = ["checkpoint", "CLIP_R", "CLIP_F"]
-
-
-def feature_nets(params: dict, inp: dict, device):
-    """(CLIP net for the CLIP cosine and the embeddings, net for FID and IS)."""
-    from .images import feature_net
-
-    f = params["features"]
-    if f["kind"] == "clip":
-        net = feature_net("clip", clip_dir=Path(inp["clip_config"]).parent, device=device)
-    else:
-        net = feature_net(f["kind"], arch=f.get("arch"), pretrained=f.get("pretrained"), device=device)
-    fid_net = net if params.get("fid_network", "features") == "features" else feature_net("inception", device=device)
-    return net, fid_net
 
 
 def grid_indices(n: int, k: int) -> list[int]:
@@ -107,72 +91,6 @@ def evaluate(model, sets: dict, tasks, net, fid_net, class_names, *, is_splits=1
             grid_rows.append(to_uint8(hide(x, batch_mask(task, len(x), x.shape[-1]), 0.5)))
             grid_rows.append(out[pick])
     return rows, embeddings, grid_rows
-
-
-def evaluate_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``evaluate_i2i``: the original (method ``base``) or base + delta."""
-    import torch
-
-    from .. import provenance
-    from ..models.clip import resolve_device
-    from ..models.i2i import load_i2i, load_images, model_fingerprint, parse_tasks
-    from .images import image_grid, lpips_net
-
-    if params.get("threads"):
-        torch.set_num_threads(int(params["threads"]))
-    dev = resolve_device(params.get("device", "auto"))
-    model_dir = Path(inp["config"]).parent
-    model = load_i2i(model_dir, device=dev, delta=inp.get("delta"))
-    tasks = parse_tasks(params["tasks"])
-    sets = {s: load_images(inp[f"test_{s}"], model.image_size)[0] for s in SPLITS}
-    net, fid_net = feature_nets(params, inp, dev)
-    classes = read_json(inp["classes"])["classes"]
-    lp = params.get("lpips") or {}
-    lpips = lpips_net(lp.get("net", "alex"), inp.get("lpips_backbone"), dev) if lp.get("enabled") else None
-    rows, embeddings, grid_rows = evaluate(
-        model,
-        sets,
-        tasks,
-        net,
-        fid_net,
-        classes,
-        is_splits=int(params.get("is_splits", 10)),
-        composite=bool(params.get("composite", False)),
-        batch_size=int(params.get("batch_size", 128)),
-        grid=int(params.get("grid", 8)),
-        lpips=lpips,
-    )
-    method = "original" if params["method"] == "base" else params["method"]
-    record = {
-        "method": method,
-        "model": model_dir.name,
-        "base_fingerprint": model_fingerprint(model_dir),
-        "delta": inp.get("delta"),
-        "features": net.name,
-        "fid_network": fid_net.name,
-        "lpips_network": None if lpips is None else lpips.name,
-        "composite": bool(params.get("composite", False)),
-        "images": {s: len(x) for s, x in sets.items()},
-        "rows": rows,
-    }
-    prov = provenance.evaluation_record(
-        model_fingerprint=record["base_fingerprint"],
-        delta=inp.get("delta"),
-        seeds={"train": provenance.train_seed(read_json(inp["info"]))},
-        feature_net={
-            "features": net.name,
-            "fid_network": fid_net.name,
-            "lpips_network": record["lpips_network"],
-            **(params.get("features") or {}),
-        },
-    )
-    record = provenance.stamp(record, prov)
-    save_tensors(out["embeddings"], embeddings, {"format": "unlearnflow.i2i_embeddings/1", "method": method, "features": net.name})
-    img = image_grid(torch.cat(grid_rows), nrow=max(len(r) for r in grid_rows), upscale=2)
-    with atomic_path(out["grid"], suffix=".png") as tmp:
-        img.save(tmp, format="PNG")
-    write_json(out["json"], record)
-    print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f"))
 
 
 # ------------------------------------------------------------------ tables
@@ -223,29 +141,6 @@ def reference_tables(records: list[dict], tasks: list[dict], model: str) -> tupl
     return pd.DataFrame(fid_is, columns=FID_IS_COLUMNS), pd.DataFrame(clip, columns=CLIP_COLUMNS)
 
 
-def table_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``i2i_table``."""
-    from ..tables import read_benchmark, write_provenance, write_tables
-
-    evals = inp["evals"] if isinstance(inp["evals"], list) else [inp["evals"]]
-    records = [read_json(p) for p in evals]
-    bench = inp.get("benchmarks") or []
-    bench = bench if isinstance(bench, list) else [bench]
-    seconds = {}
-    for path in bench:  # results/benchmarks/unlearn_i2i/{model}/{method}.tsv
-        seconds[Path(path).stem] = read_benchmark(path)["seconds"]
-    df = i2i_table(records, seconds)
-    write_tables(df, out["csv"], out["md"], out["tex"], params.get("caption", "Image-to-image unlearning"), caption_in_md=True)
-    write_provenance(out["provenance"], records, df)
-    fid_is, clip = reference_tables(records, params["tasks"], params["model"])
-    for frame, key in ((fid_is, "fid_is"), (clip, "clip_cosine")):
-        with atomic_path(out[key], suffix=".csv") as tmp:
-            frame.to_csv(tmp, index=False, float_format="%.4f")
-    print(df.to_markdown(index=False, floatfmt=".3f"))
-    nets = sorted({(r["features"], r["fid_network"]) for r in records})
-    print(f"features: {nets}")
-
-
 # ------------------------------------------------------------------ t-SNE
 def tsne_plot(embeddings: dict[str, dict], path, title: str, seed: int = 0, tasks: list[str] | None = None) -> None:
     """``embeddings``: {model label: {task/split: (N, D) tensor}}; one panel per
@@ -286,17 +181,3 @@ def tsne_plot(embeddings: dict[str, dict], path, title: str, seed: int = 0, task
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
-
-
-def tsne_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``i2i_tsne``: CLIP embeddings of the outputs, original vs unlearned."""
-    embeddings = {}
-    for key, label in (("original", "original"), ("unlearned", params["method"])):
-        tensors, meta = load_tensors(inp[key], "unlearnflow.i2i_embeddings/1", "an i2i embeddings")
-        embeddings[label] = tensors
-    if set(embeddings["original"]) != set(embeddings[params["method"]]):
-        raise UnlearnflowError(f"{inp['unlearned']}: tasks/splits differ from {inp['original']}")
-    tsne_plot(
-        embeddings, out["png"], params.get("title", "t-SNE of output embeddings"), seed=int(params.get("seed", 0)), tasks=params.get("tasks")
-    )
-    print(json.dumps({"png": out["png"], "panels": sorted({k.split('/')[0] for k in embeddings['original']})}))

@@ -25,8 +25,6 @@ text-to-image table's caption.
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -35,7 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..io import InputFileError, UnlearnflowError, load_tensors, read_json, save_tensors, sha256_file, write_json
+from .. import layout
+from ..io import InputFileError, UnlearnflowError, load_tensors, read_json, sha256_file
 
 DOMAINS = ("identity", "object", "style")
 EVAL_SET_OF = {"identity": "identities", "object": "objects", "style": "styles"}
@@ -175,6 +174,8 @@ def train_tiny_judge(x: torch.Tensor, y: dict[str, torch.Tensor], classes: dict,
     domain's pictures."""
     from tqdm import tqdm
 
+    from ..training import train_steps
+
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     net = tiny_judge_net({d: len(c) for d, c in classes.items()}, p["width"]).to(device)
@@ -185,21 +186,25 @@ def train_tiny_judge(x: torch.Tensor, y: dict[str, torch.Tensor], classes: dict,
     shift = int(p["max_shift"])
     net.train()
     losses = []
-    for _ in tqdm(range(steps), desc="train judge", mininterval=5):
-        idx = torch.randint(0, len(x), (bs,), generator=gen)
-        batch = x[idx]
-        if shift:
-            dy, dx = torch.randint(-shift, shift + 1, (2,), generator=gen).tolist()
-            batch = torch.roll(batch, (dy, dx), (2, 3))
+
+    def batches():
+        for _ in tqdm(range(steps), desc="train judge", mininterval=5):
+            idx = torch.randint(0, len(x), (bs,), generator=gen)
+            batch = x[idx]
+            if shift:
+                dy, dx = torch.randint(-shift, shift + 1, (2,), generator=gen).tolist()
+                batch = torch.roll(batch, (dy, dx), (2, 3))
+            yield batch, idx
+
+    def loss_of(b) -> torch.Tensor:
+        batch, idx = b
         logits = net(batch.to(device))
-        loss = sum(
+        return sum(
             F.cross_entropy(logits[d], y[d][idx].to(device), ignore_index=-1) for d in classes if (y[d][idx] >= 0).any()
         )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
+
+    # torch's one-cycle schedule steps after each optimizer step
+    train_steps(opt, batches(), loss_of, after_step=sched.step, on_step=lambda _s, loss, *_: losses.append(float(loss.detach())))
     net.eval()
     return net, {"steps": steps, "final_loss": float(np.mean(losses[-20:]))}
 
@@ -320,7 +325,7 @@ def heldout_accuracy(judge: Judge, eval_sets: dict) -> dict:
 # ----------------------------------------------------------- files
 def judge_files(folder) -> dict:
     folder = Path(folder)
-    return {"info": folder / "judge.json", "weights": folder / "judge.safetensors"}
+    return {"info": folder / layout.JUDGE_INFO, "weights": folder / layout.JUDGE_WEIGHTS}
 
 
 def load_judge(info_path, *, device="cpu", clip_bundle=None) -> Judge:
@@ -349,10 +354,6 @@ def load_judge(info_path, *, device="cpu", clip_bundle=None) -> Judge:
     raise InputFileError(info_path, f"judge kind {kind!r} unknown; known: {KINDS}")
 
 
-def _eval_sets(inp: dict) -> dict:
-    return {s: {"tar": inp[f"{s}_test"], "classes": inp[f"{s}_classes"]} for s in EVAL_SET_OF.values() if f"{s}_test" in inp}
-
-
 def _check_classes(classes: dict, eval_sets: dict) -> None:
     """The judge must name the evaluation sets' classes, in any order."""
     for domain, evalset in EVAL_SET_OF.items():
@@ -363,83 +364,6 @@ def _check_classes(classes: dict, eval_sets: dict) -> None:
                 raise UnlearnflowError(
                     f"judge {domain} classes {classes[domain]} miss {missing} of {eval_sets[evalset]['classes']}"
                 )
-
-
-def train_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``train_judge``: render the judge stream, train, score held out."""
-    if params.get("threads"):
-        torch.set_num_threads(int(params["threads"]))
-    from ..models.clip import resolve_device
-
-    given = dict(params.get("train") or {})
-    p = {**TRAIN_DEFAULTS, **given, "per_class": {**TRAIN_DEFAULTS["per_class"], **(given.get("per_class") or {})}}
-    device = resolve_device(params.get("device", "auto"))
-    t0 = time.time()
-    x, y, classes = render_training_set(params["synthetic"], p["per_class"])
-    eval_sets = _eval_sets(inp)
-    _check_classes(classes, eval_sets)
-    render_s = time.time() - t0
-    net, trace = train_tiny_judge(x, y, classes, p, int(params["seed"]), device=device)
-    info = {
-        "name": params["name"],
-        "kind": "train",
-        "arch": f"timm ResNet-10 (BasicBlock x 4, width {p['width']})",
-        "classes": classes,
-        "train": {**p, **trace, "images": int(len(x)), "seed": int(params["seed"]), "render_seconds": round(render_s, 1)},
-        "parameters": int(sum(q.numel() for q in net.parameters())),
-    }
-    fn = _net_predictor(net)
-    judge = Judge(params["name"], "train", classes, lambda images, d: fn(images.to(device), d), info)
-    info["heldout"] = heldout_accuracy(judge, eval_sets)
-    info["seconds"] = round(time.time() - t0, 1)
-    low = {d: v["accuracy"] for d, v in info["heldout"].items() if v["accuracy"] < float(params.get("min_accuracy", 0))}
-    if low:
-        raise UnlearnflowError(
-            f"judge {params['name']!r}: held-out accuracy {low} below t2i.judge.min_accuracy "
-            f"{params['min_accuracy']}; a judge that misreads real renders cannot score generations "
-            "(raise t2i.judge.train.epochs or per_class)"
-        )
-    save_tensors(out["weights"], {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, {"format": "judge", "judge": params["name"]})
-    write_json(out["info"], info)
-    print(json.dumps({"heldout": info["heldout"], "seconds": info["seconds"]}))
-
-
-def import_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``import_judge``: check the user's classifiers (kind checkpoint)
-    or the CLIP (kind clip) against the evaluation sets and score them."""
-    from ..models.clip import load_clip, resolve_device
-
-    if params.get("threads"):
-        torch.set_num_threads(int(params["threads"]))
-    device = resolve_device(params.get("device", "auto"))
-    eval_sets = _eval_sets(inp)
-    kind = params["kind"]
-    t0 = time.time()
-    if kind == "checkpoint":
-        heads = {}
-        for d, spec in (params.get("heads") or {}).items():
-            if d not in DOMAINS:
-                raise UnlearnflowError(f"t2i.judge.heads: {d!r} is not a domain; known: {DOMAINS}")
-            missing = [k for k in ("arch", "checkpoint", "classes") if not spec.get(k)]
-            if missing:
-                raise UnlearnflowError(f"t2i.judge.heads.{d}: {missing} missing")
-            heads[d] = {**spec, "sha256": sha256_file(spec["checkpoint"])}
-        if not heads:
-            raise UnlearnflowError("t2i.judge.kind checkpoint needs t2i.judge.heads (a classifier per domain)")
-        judge = checkpoint_judge(params["name"], heads, device)
-        info = {"name": params["name"], "kind": kind, "heads": heads, "classes": judge.classes}
-    elif kind == "clip":
-        bundle = load_clip(Path(inp["clip_config"]).parent, device=device)
-        classes = {d: read_json(eval_sets[s]["classes"])["classes"] for d, s in EVAL_SET_OF.items() if s in eval_sets}
-        judge = clip_judge(bundle, classes)
-        info = {"name": judge.name, "kind": kind, "classes": classes, "clip": str(Path(inp["clip_config"]).parent)}
-    else:
-        raise UnlearnflowError(f"import_judge: kind {kind!r} is trained by train_judge or unknown; known: {KINDS}")
-    _check_classes(judge.classes, eval_sets)
-    info["heldout"] = heldout_accuracy(judge, eval_sets)
-    info["seconds"] = round(time.time() - t0, 1)
-    write_json(out["info"], info)
-    print(json.dumps({"heldout": info["heldout"]}))
 
 
 __all__ = ["Judge", "load_judge", "correctness", "predictions", "heldout_accuracy", "clip_judge", "checkpoint_judge"]

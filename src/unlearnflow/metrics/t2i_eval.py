@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..io import UnlearnflowError, read_json, read_parquet, write_json, write_parquet
+from ..io import UnlearnflowError, read_json
 from . import images as im
 from .zeroshot import STYLE_TEMPLATES
 
@@ -157,55 +157,3 @@ def evaluate_generations(prompts: pd.DataFrame, target: dict, judge, net: im.Fea
         tables.append(rows[["set", "file", "prompt", "seed", "labels"]].assign(
             predicted=[json.dumps(p, sort_keys=True) for p in pred], correct=correct))
     return record, pd.concat(tables, ignore_index=True)
-
-
-def eval_sets_of(inp: dict, split: str = "test") -> dict:
-    """{identities|objects|styles: {tar, classes}} from the rule's inputs."""
-    return {
-        s: {"tar": inp[f"{s}_{split}"], "classes": inp[f"{s}_classes"]}
-        for s in EVAL_SET_OF.values()
-        if f"{s}_{split}" in inp
-    }
-
-
-def feature_net_from(params: dict, inp: dict, device) -> im.FeatureNet:
-    spec = params.get("feature_net") or {"kind": "clip"}
-    kind = spec.get("kind", "clip")
-    if kind == "clip":
-        return im.feature_net("clip", clip_dir=Path(inp["clip_config"]).parent, device=device)
-    return im.feature_net(kind, arch=spec.get("arch"), pretrained=spec.get("pretrained"), device=device)
-
-
-def evaluate_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``evaluate_t2i``: one flat record per (target, method)."""
-    from .. import provenance
-    from ..models.clip import load_clip, resolve_device
-
-    if params.get("threads"):
-        torch.set_num_threads(int(params["threads"]))
-    from .judge import load_judge
-
-    device = resolve_device(params.get("device", "auto"))
-    clip_bundle = load_clip(Path(inp["clip_config"]).parent, device=device)
-    judge = load_judge(inp["judge"], device=device, clip_bundle=clip_bundle)
-    net = feature_net_from(params, inp, device)
-    prompts = read_parquet(inp["prompts"])
-    record, preds = evaluate_generations(prompts, params["target"], judge, net, eval_sets_of(inp), clip_bundle=clip_bundle)
-    record.update(target=params["target"]["id"], method=params["method"])
-    if inp.get("info"):
-        record["method_seconds"] = read_json(inp["info"]).get("seconds")
-    if inp.get("delta"):
-        record["storage_mb"] = Path(inp["delta"]).stat().st_size / 2**20
-    model_info = read_json(inp["model"])
-    prov = provenance.evaluation_record(
-        model_fingerprint=model_info.get("fingerprint", ""),
-        delta=inp.get("delta"),
-        # the seeds the images were generated with (generate_t2i), from their table
-        seeds={"train": provenance.train_seed(model_info), "generation": sorted({int(s) for s in prompts["seed"]})},
-        feature_net={"name": net.name, **(params.get("feature_net") or {})},
-        classifier=record["classifier"],
-    )
-    record = provenance.stamp(record, prov)
-    write_parquet(out["predictions"], preds)
-    write_json(out["metrics"], record)
-    print(json.dumps(record))

@@ -21,20 +21,20 @@ import hashlib
 import json
 import logging
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .. import layout
 from ..io import InputFileError, UnlearnflowError, atomic_path, read_json, write_json
+from ..training import LossBar, lr_at, replace_parameters, train_steps
 
 log = logging.getLogger(__name__)
 
-CONFIG_NAME = "open_clip_config.json"
-WEIGHTS_NAME = "open_clip_model.safetensors"
-INFO_NAME = "model.json"
+# a model folder's files (unlearnflow.layout: the rules look for the same names)
+CONFIG_NAME, WEIGHTS_NAME, INFO_NAME = layout.CLIP_CONFIG, layout.CLIP_WEIGHTS, layout.CLIP_INFO
 
 # The embedded default (DESIGN.md): learns 12 synthetic identities in minutes.
 TINY_CLIP = {
@@ -118,18 +118,9 @@ def apply_delta(model: torch.nn.Module, delta) -> list[str]:
     """Replace named parameters by the tensors of a delta file (or dict)."""
     from safetensors.torch import load_file
 
-    tensors = delta if isinstance(delta, dict) else _load_safetensors(delta, load_file)
-    params = dict(model.named_parameters())
-    unknown = [n for n in tensors if n not in params]
-    if unknown:
-        raise UnlearnflowError(f"{delta if not isinstance(delta, dict) else 'delta'}: unknown parameters {unknown[:5]}")
-    with torch.no_grad():
-        for name, t in tensors.items():
-            p = params[name]
-            if p.shape != t.shape:
-                raise UnlearnflowError(f"delta {name}: shape {tuple(t.shape)} != model's {tuple(p.shape)}")
-            p.copy_(t.to(p.dtype))
-    return list(tensors)
+    if isinstance(delta, dict):
+        return replace_parameters(model, delta)
+    return replace_parameters(model, _load_safetensors(delta, load_file), delta)
 
 
 def _load_safetensors(path, loader):
@@ -261,8 +252,6 @@ def train_tiny_clip(
     leaving out the rows that selection holds out as MIA non-members
     (``data.heldout.is_heldout``), so they stay unseen."""
     import open_clip
-    from tqdm import tqdm
-
     if threads:
         torch.set_num_threads(int(threads))
     dev = resolve_device(device)
@@ -291,39 +280,31 @@ def train_tiny_clip(
     steps_per_epoch = max(1, n // batch_size)
     total = epochs * steps_per_epoch
 
-    def lr_at(step):
-        if step < warmup_steps:
-            return lr * (step + 1) / warmup_steps
-        t = (step - warmup_steps) / max(1, total - warmup_steps)
-        return lr * 0.5 * (1 + math.cos(math.pi * t))
+    bar = LossBar(total, "pretrain tiny CLIP", every=50, digits=3)
 
-    start = time.time()
-    step = 0
-    losses = []
-    bar = tqdm(total=total, desc="pretrain tiny CLIP", mininterval=5)
-    for _epoch in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        for b in range(steps_per_epoch):
-            idx = order[b * batch_size : (b + 1) * batch_size]
-            x = normalise(images[idx].to(dev))
-            # light augmentation: random mirror (captions never say left/right)
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            x[flip] = x[flip].flip(-1)
-            t = tokens[idx].to(dev)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step)
-            img_f, txt_f, scale = model(x, t)
-            loss = loss_fn(img_f, txt_f, scale)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():  # as in CLIP: cap the temperature at 100
-                model.logit_scale.clamp_(0, math.log(100))
-            losses.append(loss.item())
-            step += 1
-            bar.update(1)
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+    def batches():
+        for _epoch in range(epochs):
+            order = torch.randperm(n, generator=gen)
+            for b in range(steps_per_epoch):
+                idx = order[b * batch_size : (b + 1) * batch_size]
+                x = normalise(images[idx].to(dev))
+                # light augmentation: random mirror (captions never say left/right)
+                flip = torch.rand(len(idx), generator=gen) < 0.5
+                x[flip] = x[flip].flip(-1)
+                yield x, tokens[idx].to(dev)
+
+    def loss_of(batch) -> torch.Tensor:
+        img_f, txt_f, scale = model(*batch)
+        return loss_fn(img_f, txt_f, scale)
+
+    @torch.no_grad()
+    def clamp_temperature() -> None:  # as in CLIP: cap the temperature at 100
+        model.logit_scale.clamp_(0, math.log(100))
+
+    step = train_steps(
+        opt, batches(), loss_of, after_step=clamp_temperature, on_step=bar,
+        lr=lambda s: lr_at(s, lr=lr, total=total, warmup_steps=warmup_steps),
+    )  # fmt: skip
     bar.close()
     model.eval()
     info = {
@@ -338,47 +319,8 @@ def train_tiny_clip(
             "weight_decay": weight_decay,
             "seed": seed,
             "heldout_fraction": heldout_fraction,
-            "final_loss": float(np.mean(losses[-20:])),
-            "seconds": round(time.time() - start, 1),
-            "device": str(dev),
+            **bar.summary(dev),
         },
     }
     preprocess_cfg = {"size": size, "mean": OPENAI_MEAN, "std": OPENAI_STD, "interpolation": "bicubic"}
     return save_clip(model.cpu(), model_cfg, out_dir, info, preprocess_cfg)
-
-
-# ---------------------------------------------------------------- stages
-def _outdir(out: dict) -> Path:
-    return Path(out["config"]).parent
-
-
-def pretrain_stage(inp: dict, out: dict, params: dict) -> None:
-    shards = inp["shards"] if isinstance(inp["shards"], list) else [inp["shards"]]
-    t = params["train"]
-    info = train_tiny_clip(
-        shards,
-        _outdir(out),
-        model_cfg=tiny_config(params.get("model_cfg")),
-        epochs=int(t["epochs"]),
-        batch_size=int(t["batch_size"]),
-        lr=float(t["lr"]),
-        weight_decay=float(t["weight_decay"]),
-        warmup_steps=int(t["warmup_steps"]),
-        seed=int(params["seed"]),
-        device=params.get("device", "auto"),
-        threads=params.get("threads"),
-        heldout_fraction=float(params["heldout_fraction"]),
-        data_seed=int(params["data_seed"]),
-    )
-    print(json.dumps(info["train"], indent=1))
-
-
-def export_stage(inp: dict, out: dict, params: dict) -> None:
-    info = export_open_clip(
-        params["arch"],
-        params.get("pretrained"),
-        _outdir(out),
-        cache_dir=params.get("cache_dir"),
-        extra={"source_stamp": params.get("source_stamp"), "source_files": len(inp.get("source") or [])},
-    )
-    print(f"exported {info['arch']} / {info['pretrained']}: {info['n_params']} parameters")

@@ -28,21 +28,21 @@ import math
 import os
 import re
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import layout
 from ..io import InputFileError, UnlearnflowError, make_readable, read_json, write_json
+from ..training import LossBar, lr_at, train_steps
 from .clip import resolve_device
 
 log = logging.getLogger(__name__)
 
-INFO_NAME = "model.json"
+INFO_NAME = layout.T2I_INFO  # unlearnflow.layout: the rules look for the same names
 COMPONENTS = ("unet", "scheduler", "text_encoder", "tokenizer")
 
 # The embedded default: ~1.4M parameters in pixel space, 32 px images seen
@@ -251,8 +251,8 @@ def model_files(model_dir) -> dict:
     d = Path(model_dir)
     return {
         "info": d / INFO_NAME,
-        "unet": d / "unet" / "diffusion_pytorch_model.safetensors",
-        "text_encoder": d / "text_encoder" / "model.safetensors",
+        "unet": d / layout.T2I_UNET,  # diffusers' save_pretrained names
+        "text_encoder": d / layout.T2I_TEXT_ENCODER,
     }
 
 
@@ -493,7 +493,6 @@ def train_tiny_t2i(
     """Train the tiny pixel-space UNet on image-caption tars, conditioned on
     the (frozen) tiny CLIP's text tower; AdamW, warm-up then cosine."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
-    from tqdm import tqdm
 
     from .clip import load_clip, load_pairs
 
@@ -517,34 +516,26 @@ def train_tiny_t2i(
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
     n = len(captions)
 
-    def lr_at(step):
-        if step < warmup_steps:
-            return lr * (step + 1) / warmup_steps
-        return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, steps - warmup_steps)))
-
     unet.train()
-    losses, start = [], time.time()
-    bar = tqdm(total=steps, desc="train tiny text-to-image UNet", mininterval=5)
-    for step in range(steps):
-        idx = torch.randint(0, n, (batch_size,), generator=gen)
-        batch = x_all[idx]
-        flip = torch.rand(batch_size, generator=gen) < 0.5
-        batch[flip] = batch[flip].flip(-1)  # mirror pixels, before any space-to-depth
-        x0 = to_model_space(bundle, batch)
-        ctx = states[idx].clone()
-        drop = torch.rand(batch_size, generator=gen) < cond_dropout  # for classifier-free guidance
-        ctx[drop] = empty
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        loss = noise_loss(bundle, x0, ctx.to(dev), gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        bar.update(1)
-        if (step + 1) % 25 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}")
+    bar = LossBar(steps, "train tiny text-to-image UNet", every=25)
+
+    def batches():
+        for _ in range(steps):
+            idx = torch.randint(0, n, (batch_size,), generator=gen)
+            batch = x_all[idx]
+            flip = torch.rand(batch_size, generator=gen) < 0.5
+            batch[flip] = batch[flip].flip(-1)  # mirror pixels, before any space-to-depth
+            x0 = to_model_space(bundle, batch)
+            ctx = states[idx].clone()
+            drop = torch.rand(batch_size, generator=gen) < cond_dropout  # for classifier-free guidance
+            ctx[drop] = empty
+            yield x0, ctx.to(dev)
+
+    train_steps(
+        opt, batches(), lambda batch: noise_loss(bundle, *batch, gen), on_step=bar,
+        lr=lambda s: lr_at(s, lr=lr, total=steps, warmup_steps=warmup_steps, angle_first=True),
+        grad_hook=lambda: torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0),
+    )  # fmt: skip
     bar.close()
     unet.eval()
     info = {
@@ -561,9 +552,7 @@ def train_tiny_t2i(
             "lr": lr,
             "cond_dropout": cond_dropout,
             "seed": seed,
-            "final_loss": float(np.mean(losses[-25:])),
-            "seconds": round(time.time() - start, 1),
-            "device": str(dev),
+            **bar.summary(dev, last=25),
         },
     }
     comps = {"unet": unet.cpu(), "scheduler": scheduler, "text_encoder": text_encoder.cpu(), "tokenizer": tokenizer}
@@ -586,35 +575,3 @@ def export_pretrained(pretrained: str, out_dir, *, cache_dir=None, dtype: str = 
         raise UnlearnflowError(f"{pretrained}: the pipeline has no {missing} (a text-to-image pipeline is needed)")
     info = {"source": "pretrained", "pretrained": str(pretrained), "pipeline_class": type(pipe).__name__, **(extra or {})}
     return save_t2i(comps, out_dir, info)
-
-
-# ------------------------------------------------------------ stages
-def _outdir(out: dict) -> Path:
-    return Path(out["model"]).parent
-
-
-def pretrain_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``pretrain_t2i``: the tiny text-to-image model of the default."""
-    tr = params["train"]
-    info = train_tiny_t2i(
-        inp["shards"],
-        Path(inp["clip_config"]).parent,
-        _outdir(out),
-        unet_cfg={**TINY_UNET, **(params.get("unet_cfg") or {})},
-        steps=int(tr["steps"]),
-        batch_size=int(tr["batch_size"]),
-        lr=float(tr["lr"]),
-        warmup_steps=int(tr["warmup_steps"]),
-        cond_dropout=float(tr["cond_dropout"]),
-        seed=int(params["seed"]),
-        device=params.get("device", "auto"),
-        threads=params.get("threads"),
-    )
-    print(json.dumps(info["train"]))
-
-
-def export_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``export_t2i``: a diffusers pipeline by id or folder."""
-    extra = {"source_stamp": params.get("source_stamp"), "source_files": len(inp.get("source") or [])}
-    info = export_pretrained(params["pretrained"], _outdir(out), cache_dir=params.get("cache_dir"), dtype=params.get("dtype", "fp32"), extra=extra)
-    print(f"exported {info['pretrained']} ({info['pipeline_class']})")

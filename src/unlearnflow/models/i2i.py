@@ -47,8 +47,6 @@ add it to ``ADAPTERS`` (and to the schema's ``i2i.adapter`` enum).
 from __future__ import annotations
 
 import logging
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,13 +54,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import layout
 from ..io import InputFileError, UnlearnflowError, atomic_path, load_tensors, read_json, write_json
+from ..training import LossBar, lr_at, replace_parameters, train_steps
 
 log = logging.getLogger(__name__)
 
-CONFIG_NAME = "i2i_config.json"
-WEIGHTS_NAME = "i2i_model.safetensors"
-INFO_NAME = "i2i_model.json"  # not model.json: a CLIP folder of the same name would collide
+# a model folder's files (unlearnflow.layout: the rules look for the same names)
+CONFIG_NAME, WEIGHTS_NAME, INFO_NAME = layout.I2I_CONFIG, layout.I2I_WEIGHTS, layout.I2I_INFO
 PARTS = ("encoder", "decoder", "frozen")
 
 
@@ -474,17 +473,9 @@ def load_i2i(model_dir, device: str | torch.device = "cpu", delta=None) -> I2IMo
 
 def apply_delta(model: I2IModel, delta) -> list[str]:
     """Replace named parameters by the tensors of a delta file (or dict)."""
-    tensors = delta if isinstance(delta, dict) else load_tensors(delta, "unlearnflow.delta/1", "an unlearnflow delta")[0]
-    params = dict(model.named_parameters())
-    unknown = [n for n in tensors if n not in params]
-    if unknown:
-        raise UnlearnflowError(f"{delta if not isinstance(delta, dict) else 'delta'}: unknown parameters {unknown[:5]}")
-    with torch.no_grad():
-        for name, t in tensors.items():
-            if params[name].shape != t.shape:
-                raise UnlearnflowError(f"delta {name}: shape {tuple(t.shape)} != model's {tuple(params[name].shape)}")
-            params[name].copy_(t.to(params[name].dtype))
-    return list(tensors)
+    if isinstance(delta, dict):
+        return replace_parameters(model, delta)
+    return replace_parameters(model, load_tensors(delta, "unlearnflow.delta/1", "an unlearnflow delta")[0], delta)
 
 
 def model_fingerprint(model_dir) -> str:
@@ -554,8 +545,6 @@ def train_i2i(
     task's mask (uniformly drawn); the loss is the MSE over the whole image,
     the hidden pixels weighted ``hole_weight`` times more. AdamW, linear
     warm-up, then cosine decay; random horizontal flips."""
-    from tqdm import tqdm
-
     if threads:
         torch.set_num_threads(int(threads))
     torch.manual_seed(seed)
@@ -566,36 +555,28 @@ def train_i2i(
     steps_per_epoch = max(1, n // batch_size)
     total = epochs * steps_per_epoch
     warm = max(0, min(int(warmup_steps), total - 1))
-
-    def factor(s):
-        if s < warm:
-            return (s + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * min(s - warm, total - warm) / max(1, total - warm)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     size = model.image_size
-    losses = []
-    start = time.time()
-    bar = tqdm(total=total, desc=f"train {model.adapter}", mininterval=5)
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        for b in range(steps_per_epoch):
-            idx = order[b * batch_size : (b + 1) * batch_size]
-            x = to_float(images_u8[idx]).to(device)
-            flip = (torch.rand(len(idx), generator=gen) < 0.5).to(x.device)
-            x[flip] = x[flip].flip(-1)
-            m = random_masks(tasks, len(idx), size, gen, device)
-            y = model(x, m)
-            w = 1 + (hole_weight - 1) * m
-            loss = torch.mean(w * (y - x) ** 2) / torch.mean(w)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            bar.update(1)
-            if len(losses) % 50 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    bar = LossBar(total, f"train {model.adapter}", every=50)
+
+    def batches():
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=gen)
+            for b in range(steps_per_epoch):
+                idx = order[b * batch_size : (b + 1) * batch_size]
+                x = to_float(images_u8[idx]).to(device)
+                flip = (torch.rand(len(idx), generator=gen) < 0.5).to(x.device)
+                x[flip] = x[flip].flip(-1)
+                yield x, random_masks(tasks, len(idx), size, gen, device)
+
+    def loss_of(batch) -> torch.Tensor:
+        x, m = batch
+        y = model(x, m)
+        w = 1 + (hole_weight - 1) * m
+        return torch.mean(w * (y - x) ** 2) / torch.mean(w)
+
+    # lr x the schedule's factor, as torch's LambdaLR computed it before
+    train_steps(opt, batches(), loss_of, on_step=bar,
+                lr=lambda s: lr * lr_at(s, lr=1.0, total=total, warmup_steps=warm, angle_first=True))  # fmt: skip
     bar.close()
     model.eval()
     return {
@@ -608,52 +589,6 @@ def train_i2i(
         "hole_weight": hole_weight,
         "warmup_steps": warm,
         "seed": seed,
-        "first_loss": float(np.mean(losses[:10])),
-        "final_loss": float(np.mean(losses[-20:])),
-        "seconds": round(time.time() - start, 1),
-        "device": str(device),
+        "first_loss": float(np.mean(bar.losses[:10])),
+        **bar.summary(device),
     }
-
-
-# ------------------------------------------------------------------ stages
-def _outdir(out: dict) -> Path:
-    return Path(out["config"]).parent
-
-
-def train_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``train_i2i``: build the adapter from its config, train it on the
-    training images for the configured tasks, write the model folder."""
-    from .clip import resolve_device
-
-    dev = resolve_device(params.get("device", "auto"))
-    torch.manual_seed(int(params["seed"]))
-    model = build_model(params["adapter"], dict(params.get("model_cfg") or {}))
-    images, _ = load_images(inp["train"], model.image_size)
-    t = params["train"]
-    stats = train_i2i(
-        model,
-        images,
-        parse_tasks(params["tasks"]),
-        epochs=int(t["epochs"]),
-        batch_size=int(t["batch_size"]),
-        lr=float(t["lr"]),
-        weight_decay=float(t["weight_decay"]),
-        hole_weight=float(t.get("hole_weight", 1.0)),
-        warmup_steps=int(t.get("warmup_steps", 20)),
-        seed=int(params["seed"]),
-        device=dev,
-        threads=params.get("threads"),
-    )
-    info = save_i2i(model.cpu(), _outdir(out), {"source": "train", "train": stats})
-    print(f"{model.adapter}: {info['n_params']} parameters, loss {stats['first_loss']:.4f} -> {stats['final_loss']:.4f} in {stats['seconds']} s")
-
-
-def import_stage(inp: dict, out: dict, params: dict) -> None:
-    """Rule ``import_i2i``: wrap a user's checkpoint through its adapter."""
-    if not params.get("checkpoint"):
-        raise UnlearnflowError("i2i.checkpoint: a checkpoint path is needed with i2i.source: checkpoint")
-    cls = adapter_class(params["adapter"])
-    model = cls.import_checkpoint(params["checkpoint"], dict(params.get("model_cfg") or {}))
-    source = {"source_stamp": params.get("source_stamp"), "source_files": len(inp.get("source") or [])}
-    info = save_i2i(model, _outdir(out), {"source": "checkpoint", "checkpoint": str(params["checkpoint"]), **source})
-    print(f"imported {params['checkpoint']} through {cls.adapter}: {info['n_params']} parameters")

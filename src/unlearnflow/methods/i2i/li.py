@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import torch
 
-from .loop import DEFAULTS as LOOP_DEFAULTS
+from ... import method_table
 from .loop import li_loss, noise_images, unlearn
 
-DEFAULTS = dict(LOOP_DEFAULTS)
+DEFAULTS = method_table.defaults("i2i", "li")  # the one source: unlearnflow.method_table
 
 
 def objective(s):

@@ -8,9 +8,10 @@ available. Its params default to ``li``'s, with ``retain_set: proxy``.
 
 from __future__ import annotations
 
+from ... import method_table
 from . import li
 
-DEFAULTS = {**li.DEFAULTS, "retain_set": "proxy"}
+DEFAULTS = method_table.defaults("i2i", "li_proxy")  # the one source: unlearnflow.method_table
 
 
 def run(ctx, params: dict):

@@ -35,7 +35,9 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from ... import method_table
 from ...io import UnlearnflowError
+from ...training import lr_at, train_steps
 from ...models.i2i import I2IModel, Task, latent_mse, random_masks, to_float
 
 log = logging.getLogger(__name__)
@@ -52,20 +54,7 @@ PAPER = {
     "retain_alpha": 1.0,
     "forget_alpha": 0.2,
 }
-DEFAULTS = {
-    "epochs": 6,  # the paper's 6 (on 120 pictures per class, i2i.data.unlearn_per_class)
-    "max_steps": None,
-    "batch_size": 32,
-    "lr": 1e-3,
-    "weight_decay": 0.05,
-    "betas": [0.9, 0.95],
-    "grad_clip": 3.0,
-    "warmup_steps": 10,
-    "retain_alpha": 1.0,
-    "forget_alpha": 0.2,
-    "noise": "gaussian",
-    "retain_set": "retain",
-}
+DEFAULTS = dict(method_table.I2I_LOOP)  # the one source: unlearnflow.method_table
 NOISE_KINDS = ("gaussian", "uniform", "constant")
 TRAINABLE = ("encoder", "full")
 
@@ -158,13 +147,6 @@ def check_params(params: dict, defaults: dict, method: str) -> dict:
     return p
 
 
-def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-
-
 def trainable_names(model: I2IModel, train: str) -> list[str]:
     parts = ("encoder",) if train == "encoder" else ("encoder", "decoder")
     return [n for n, _ in model.named_parameters() if model.part_of(n) in parts]
@@ -202,56 +184,61 @@ def unlearn(ctx: I2IContext, params: dict, *, method: str, defaults: dict, objec
     if p.get("max_steps"):
         total = min(total, int(p["max_steps"]))
     size = student.image_size
-    rows, t0 = [], time.time()
-    r_order, r_pos = torch.randperm(nr, generator=gen), 0
-    step = 0
-    while step < total:
-        f_order = torch.randperm(nf, generator=gen)
-        for b in range(steps_per_epoch):
-            if step >= total:
-                break
-            fi = f_order[b * bs : (b + 1) * bs]
-            if len(fi) < 2:  # a last batch of one has no std
-                continue
-            if r_pos + bs > nr:
-                r_order, r_pos = torch.randperm(nr, generator=gen), 0
-            ri = r_order[r_pos : r_pos + bs]
-            r_pos += bs
-            x_f = to_float(ctx.forget[fi]).to(dev)
-            x_r = to_float(ctx.retain[ri]).to(dev)
-            s = Step(
-                student,
-                teacher,
-                x_f,
-                random_masks(ctx.tasks, len(x_f), size, gen, dev),
-                x_r,
-                random_masks(ctx.tasks, len(x_r), size, gen, dev),
-                p,
-                gen,
-            )
-            lr = lr_at(step, total, float(p["lr"]), int(p["warmup_steps"]))
-            for g in opt.param_groups:
-                g["lr"] = lr
-            loss, terms = objective(s)
-            if not torch.isfinite(loss):
-                raise UnlearnflowError(f"{method}: the loss is {loss.item()} at step {step}; lower lr or forget_alpha")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(trained, float(p["grad_clip"]))
-            opt.step()
-            rows.append(
-                {
-                    "step": step,
-                    "lr": lr,
-                    "loss": loss.item(),
-                    "retain_loss": float(terms["retain_loss"]),
-                    "forget_loss": float(terms["forget_loss"]),
-                    "grad_norm": float(gnorm),
-                }
-            )
-            if step % 20 == 0:
-                log.info("%s step %d/%d loss %.5f (retain %.5f, forget %.5f)", method, step, total, *[rows[-1][k] for k in ("loss", "retain_loss", "forget_loss")])
-            step += 1
+    rows, t0, terms = [], time.time(), {}
+
+    def batches():
+        """Steps of an endless run of epochs: each forget batch (shuffled) with
+        the next retain batch (the retain set cycled, reshuffled)."""
+        r_order, r_pos = torch.randperm(nr, generator=gen), 0
+        while True:
+            f_order = torch.randperm(nf, generator=gen)
+            for b in range(steps_per_epoch):
+                fi = f_order[b * bs : (b + 1) * bs]
+                if len(fi) < 2:  # a last batch of one has no std
+                    continue
+                if r_pos + bs > nr:
+                    r_order, r_pos = torch.randperm(nr, generator=gen), 0
+                ri = r_order[r_pos : r_pos + bs]
+                r_pos += bs
+                x_f = to_float(ctx.forget[fi]).to(dev)
+                x_r = to_float(ctx.retain[ri]).to(dev)
+                yield Step(
+                    student,
+                    teacher,
+                    x_f,
+                    random_masks(ctx.tasks, len(x_f), size, gen, dev),
+                    x_r,
+                    random_masks(ctx.tasks, len(x_r), size, gen, dev),
+                    p,
+                    gen,
+                )
+
+    def loss_of(s: Step) -> torch.Tensor:
+        loss, terms["step"] = objective(s)
+        if not torch.isfinite(loss):
+            raise UnlearnflowError(f"{method}: the loss is {loss.item()} at step {len(rows)}; lower lr or forget_alpha")
+        return loss
+
+    def record(step, loss, lr, gnorm) -> None:
+        t = terms["step"]
+        rows.append(
+            {
+                "step": step,
+                "lr": lr,
+                "loss": loss.item(),
+                "retain_loss": float(t["retain_loss"]),
+                "forget_loss": float(t["forget_loss"]),
+                "grad_norm": float(gnorm),
+            }
+        )
+        if step % 20 == 0:
+            log.info("%s step %d/%d loss %.5f (retain %.5f, forget %.5f)", method, step, total, *[rows[-1][k] for k in ("loss", "retain_loss", "forget_loss")])
+
+    step = train_steps(
+        opt, batches(), loss_of, stop=total, on_step=record,
+        lr=lambda k: lr_at(k, lr=float(p["lr"]), total=total, warmup_steps=int(p["warmup_steps"])),
+        grad_hook=lambda: torch.nn.utils.clip_grad_norm_(trained, float(p["grad_clip"])),
+    )  # fmt: skip
     base = dict(teacher.named_parameters())
     changed = {n: q.detach().cpu().clone() for n, q in student.named_parameters() if n in names and not torch.equal(q, base[n])}
     parts = sorted({student.part_of(n) for n in changed})

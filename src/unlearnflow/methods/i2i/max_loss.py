@@ -11,10 +11,10 @@ reconstruction error being maximised.
 
 from __future__ import annotations
 
-from .loop import DEFAULTS as LOOP_DEFAULTS
+from ... import method_table
 from .loop import mse, unlearn
 
-DEFAULTS = {**LOOP_DEFAULTS, "train": "full"}
+DEFAULTS = method_table.defaults("i2i", "max_loss")  # the one source: unlearnflow.method_table
 
 
 def max_loss_terms(out_f, x_f, out_r, x_r, retain_alpha: float, forget_alpha: float):

@@ -9,10 +9,10 @@ clamped to [0, 1]). ``train: full`` (default) or ``encoder``.
 
 from __future__ import annotations
 
-from .loop import DEFAULTS as LOOP_DEFAULTS
+from ... import method_table
 from .loop import mse, noise_images, unlearn
 
-DEFAULTS = {**LOOP_DEFAULTS, "train": "full"}
+DEFAULTS = method_table.defaults("i2i", "noisy_label")  # the one source: unlearnflow.method_table
 
 
 def objective(s):

@@ -15,10 +15,10 @@ from __future__ import annotations
 import torch
 
 from ...models.i2i import flat_latent, latent_mse
-from .loop import DEFAULTS as LOOP_DEFAULTS
+from ... import method_table
 from .loop import gaussian_like, unlearn
 
-DEFAULTS = dict(LOOP_DEFAULTS)
+DEFAULTS = method_table.defaults("i2i", "random_encoder")  # the one source: unlearnflow.method_table
 
 
 def objective(s):

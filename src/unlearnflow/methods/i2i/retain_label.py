@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from .loop import DEFAULTS as LOOP_DEFAULTS
+from ... import method_table
 from .loop import mse, unlearn
 
-DEFAULTS = {**LOOP_DEFAULTS, "train": "full"}
+DEFAULTS = method_table.defaults("i2i", "retain_label")  # the one source: unlearnflow.method_table
 
 
 def retain_targets(teacher, x_r, m_f, generator):
