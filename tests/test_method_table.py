@@ -143,6 +143,24 @@ def test_the_plan_wires_inputs_and_costs_from_the_table():
         Plan(cfg)
 
 
+def test_a_partial_mapping_param_keeps_the_other_defaults():
+    """utility_budget: {test_acc1: 1} keeps the identity budget (as a config
+    file over config.yaml did when it stated the budget); t2i SLUG's
+    criterion clip runs CLIP SLUG's search with its own nested params."""
+    p = mt.merge_params("clip", "slug", {"utility_budget": {"test_acc1": 1.0}})
+    assert p["utility_budget"] == {"identity_acc1": 5.0, "test_acc1": 1.0}
+    p = mt.merge_params("clip", "ssd", {"utility_budget": {"style_acc1": 5.0}})
+    assert p["utility_budget"] == {"identity_acc1": 5.0, "test_acc1": 3.0, "style_acc1": 5.0}
+    t2i = mt.merge_params("t2i", "slug", {"clip_search": {"max_probes": 2}})
+    assert t2i["clip_search"] == {**{k: v for k, v in mt.SLUG.items() if k != "max_layers_per_tower"}, "max_probes": 2}
+    assert t2i["max_probes"] == 8  # the generate search's own
+    with pytest.raises(mt.MethodError, match=r"t2i\.methods\.slug\.clip_search: clip method 'slug' has no params \['max_probs'\]"):
+        mt.merge_params("t2i", "slug", {"clip_search": {"max_probs": 2}}, "t2i.methods.slug")
+    # the defaults of the nested search travel in the job's params (a changed CLIP default reruns it)
+    plan = Plan(full_config())
+    assert plan.method_params("t2i", "slug")["clip_search"]["bracket_tol"] == mt.SLUG["bracket_tol"]
+
+
 def test_a_mask_fraction_without_a_mask_file_is_an_error():
     cfg = full_config()
     cfg["methods"]["salun"] = {"mask_fraction": 0.55}

@@ -518,7 +518,7 @@ def test_slug_clip_criterion_edits_one_text_layer_by_lambda_times_the_gradient(c
         concepts={}, sampling={}, clip_dir=clip_dir, grad_forget=tmp_path / "g.safetensors",
         layers=tmp_path / "layers.parquet", val_sets=sets,
     )  # fmt: skip
-    res = run(ctx, {"criterion": "clip", "max_probes": 2, "forget_target": 100.0})
+    res = run(ctx, {"criterion": "clip", "clip_search": {"max_probes": 2, "forget_target": 100.0}})
     # text_projection is not used by the pipeline's encoder, the vision layer is no text layer
     assert list(res.tensors) == ["transformer.resblocks.2.mlp.c_fc.weight"]
     name = "transformer.resblocks.2.mlp.c_fc.weight"

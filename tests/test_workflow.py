@@ -104,6 +104,10 @@ def test_check_config_names_the_file_and_line_snakemake_does_not(tmp_path, capfd
     assert "config selection.retain_size: 0 is less than the minimum of 1" in err
     bad.write_text("branches: [clip]\n")
     assert main(["check-config", str(bad)]) == 0
+    # beyond the schema: what the DAG build checks (the method table, the plan)
+    bad.write_text("run_methods: [slug, foo]\n")
+    assert main(["check-config", str(bad)]) == 1
+    assert f"{bad}: config run_methods: unknown clip methods ['foo']; known clip methods: ['slug'," in capfd.readouterr().err
 
 
 def test_unknown_target_names_the_known_ones(workflow):

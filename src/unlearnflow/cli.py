@@ -351,6 +351,19 @@ def check_config(paths: list[str]) -> list[str]:
     for err in sorted(jsonschema.Draft202012Validator(schema).iter_errors(merged), key=lambda e: list(e.path)):
         key = ".".join(str(p) for p in err.path) or "(top level)"
         problems.append(f"config {key}: {err.message}")
+    if problems:
+        return problems
+    # what the DAG build checks beyond the schema: method names and params
+    # (the method table), targets, data sources (unlearnflow.plan)
+    from snakemake.utils import validate
+
+    from .plan import Plan
+
+    validate(merged, str(repo / "workflow/schemas/config.schema.yaml"))  # fills the schema's defaults
+    try:
+        Plan(merged)
+    except ValueError as exc:
+        problems.append(f"{' + '.join(paths) or 'config.yaml'}: {exc}")
     return problems
 
 

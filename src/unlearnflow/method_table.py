@@ -72,6 +72,19 @@ FINETUNE = {
     "retain_loss": "contrastive",
 }
 UTILITY_BUDGET = {"identity_acc1": 5.0, "test_acc1": 3.0}
+# SLUG's search on CLIP; text-to-image SLUG with criterion clip runs the same
+# search on the text encoder (its `clip_search` param)
+SLUG = {
+    "max_layers_per_tower": 3,
+    "max_probes": 10,
+    "init_fraction": 0.1,
+    # auto: the reference's FA@5 rule; where no front layer meets it within
+    # the utility budget, the search runs again on FA@1 (docs/fidelity.md item 9)
+    "forget_metric": "auto",
+    "forget_target": 0.0,
+    "utility_budget": UTILITY_BUDGET,
+    "bracket_tol": 0.05,
+}
 # SSD's dampening constants tried on the validation split: linspace(0.1, 5, 10)
 SSD_LAMBDAS = [0.1 + i * (5.0 - 0.1) / 9 for i in range(10)]
 # Image-to-image methods (methods/i2i/loop.py): the paper's ViT-B settings are
@@ -102,17 +115,7 @@ TABLE: tuple[Method, ...] = (
         "clip",
         "slug",
         "unlearnflow.methods.slug",
-        {
-            "max_layers_per_tower": 3,
-            "max_probes": 10,
-            "init_fraction": 0.1,
-            # auto: the reference's FA@5 rule; where no front layer meets it within
-            # the utility budget, the search runs again on FA@1 (docs/fidelity.md item 9)
-            "forget_metric": "auto",
-            "forget_target": 0.0,
-            "utility_budget": UTILITY_BUDGET,
-            "bracket_tol": 0.05,
-        },
+        SLUG,
         "one gradient step on one layer of the forget/retain Pareto front, the step size searched on the validation split",
         needs=("grad_forget", "layers"),
         cost=SLUG_COST,
@@ -173,10 +176,14 @@ TABLE: tuple[Method, ...] = (
             "probe_seeds": 2,
             "probe_steps": 8,
             "max_refine": 4,
+            # criterion clip: the CLIP search on the validation split (its
+            # layers per tower are max_layers)
+            "clip_search": {k: v for k, v in SLUG.items() if k != "max_layers_per_tower"},
         },
         "SLUG on the text encoder: the CLIP's layer table and forget gradient, the step size searched by generating and judging",
         needs=("grad_forget", "layers"),
         cost=SLUG_COST,
+        extra={"nested": {"clip_search": ("clip", "slug")}},  # its keys: CLIP SLUG's params
     ),
     Method(
         "t2i",
@@ -196,12 +203,12 @@ TABLE: tuple[Method, ...] = (
         cost=("t2i_salun_masks",),
     ),
     # ---------------------------------------------------- image-to-image
-    _i2i("li", "Li et al.: the encoder embeds forget inputs as the original embeds noise images, retain inputs as the original does"),
-    _i2i("li_proxy", "Li et al. with the proxy pool as the retain set", retain_set="proxy"),
+    _i2i("li", "Li et al.: the encoder embeds forget inputs as the original embeds noise images, retain inputs as the original does", train="encoder"),
+    _i2i("li_proxy", "Li et al. with the proxy pool as the retain set", retain_set="proxy", train="encoder"),
     _i2i("max_loss", "maximise the reconstruction loss on the forget set (whole model)", train="full"),
     _i2i("noisy_label", "train towards noise images on the forget set (whole model)", train="full"),
     _i2i("retain_label", "train towards the original's retain outputs on the forget set (whole model)", train="full"),
-    _i2i("random_encoder", "encoder trained to map forget inputs to random embeddings of matched statistics"),
+    _i2i("random_encoder", "encoder trained to map forget inputs to random embeddings of matched statistics", train="encoder"),
 )
 
 _BY_KEY = {(m.family, m.name): m for m in TABLE}
@@ -235,17 +242,24 @@ def defaults(family: str, name: str) -> dict:
 
 
 def merge_params(family: str, name: str, given: Mapping | None, where: str = "") -> dict:
-    """The method's defaults overridden by ``given`` (shallow: a dict value
-    such as utility_budget replaces the default whole). A key the method
-    does not have is an error naming it, the method and ``where`` it was
-    given (a config key), never silently ignored."""
+    """The method's defaults overridden by ``given``; a mapping-valued default
+    (``utility_budget``, ``clip_search``) is merged key by key, as Snakemake
+    merges config files, so ``utility_budget: {test_acc1: 1}`` keeps the
+    other budgets. A key the method does not have is an error naming it, the
+    method and ``where`` it was given (a config key), never silently ignored."""
     given = dict(given or {})
     known = defaults(family, name)
     unknown = sorted(set(given) - set(known))
     if unknown:
         at = f"{where}: " if where else ""
         raise MethodError(f"{at}{family} method {name!r} has no params {unknown}; its params: {sorted(known)}")
-    return {**known, **given}
+    merged = {**known, **given}
+    for key, value in given.items():
+        if isinstance(known[key], Mapping) and isinstance(value, Mapping):
+            merged[key] = {**known[key], **value}
+    for key, (fam, other) in get(family, name).extra.get("nested", {}).items():
+        merge_params(fam, other, merged[key], f"{where or name}.{key}")  # its keys checked too
+    return merged
 
 
 def check_run_methods(family: str, names, where: str) -> list[str]:

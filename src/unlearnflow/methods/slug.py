@@ -301,7 +301,7 @@ def search_front(layers: list[str], probe_of, grads: dict, base: dict, p: dict) 
 
 def run_slug(bundle, suite: EvalSuite, grads: dict, table: pd.DataFrame, params: dict) -> dict:
     """Search every chosen front layer; return the edit, the trace and the choice."""
-    p = {**DEFAULTS, **{k: v for k, v in params.items() if k in DEFAULTS}}
+    p = method_table.merge_params("clip", "slug", params)  # an unknown key is an error
     # the base model's image features and text classifiers: its record, and
     # what every probe of a layer in the other tower reuses
     fixed = {

@@ -102,7 +102,7 @@ def run(ctx, params: dict):
     from ..models.clip import load_pairs
     from ..models.diffusion import noise_loss, to_model_space
 
-    p = {**DEFAULTS, **params}
+    p = method_table.merge_params("t2i", "salun", params)  # an unknown key is an error
     if p["pseudo_target"] not in PSEUDO_TARGETS:
         raise UnlearnflowError(f"t2i salun: pseudo_target {p['pseudo_target']!r} unknown; known: {list(PSEUDO_TARGETS)}")
     b = ctx.bundle

@@ -239,7 +239,7 @@ def run(ctx, params: dict):
     from ..metrics import images as im
     from ..models.clip import load_clip
 
-    p = {**DEFAULTS, **params}
+    p = method_table.merge_params("t2i", "slug", params)  # an unknown key is an error
     if p["criterion"] not in ("generate", "clip"):
         raise UnlearnflowError(f"methods.slug (t2i): criterion {p['criterion']!r} is not one of generate, clip")
     grads, meta = load_gradients(ctx.grad_forget)
@@ -262,7 +262,7 @@ def run(ctx, params: dict):
 
         text_table = table[table["name"].isin(layers)]  # the usable text front layers
         out = run_slug(clip_bundle, EvalSuite.load(ctx.val_sets, ctx.target, clip_bundle.preprocess), grads, text_table,
-                       {**params, "max_layers_per_tower": p["max_layers"]})
+                       {**p["clip_search"], "max_layers_per_tower": p["max_layers"]})
         (layer, tensor), = out["tensors"].items()
         info = {"criterion": "clip", "layer": layer, "lambda": out["choice"]["lam"], "status": out["choice"]["status"],
                 "why": out["choice"]["why"], "val_metrics": out["choice"]["metrics"]}
