@@ -3,7 +3,7 @@ judged like the DAG judges the base model.
 
     .venv/bin/python scripts/t2i_generator_variants.py RUN \
         [--variant NAME='{"steps": 1500}' ...] [--scheduler NAME='{"prediction_type": "epsilon"}'] \
-        [--out generator_variants.csv]
+        [--out generator_variants.csv] [--keep DIR]
 
 RUN is a folder where the default DAG ran (its shards, CLIP, evaluation sets
 and judge are read; nothing there is written). For each variant (training
@@ -44,6 +44,7 @@ def main(argv=None) -> int:
     ap.add_argument("--variant", action="append", default=[], help="NAME=JSON training params over config.yaml's")
     ap.add_argument("--scheduler", action="append", default=[], help="NAME=JSON tiny-scheduler overrides of variant NAME")
     ap.add_argument("--out", type=Path, default=Path("generator_variants.csv"))
+    ap.add_argument("--keep", type=Path, help="save each variant's model in DIR/NAME (default: a scratch folder)")
     args = ap.parse_args(argv)
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     res = args.run / "results"
@@ -61,14 +62,15 @@ def main(argv=None) -> int:
         D.TINY_SCHEDULER.clear()
         D.TINY_SCHEDULER.update({**base_sched, **json.loads(scheds.get(name, "{}"))})
         with tempfile.TemporaryDirectory() as tmp:
+            model_dir = args.keep / name if args.keep else Path(tmp) / "m"
             t0 = time.time()
             info = D.train_tiny_t2i(
-                [res / f"data/laion/{s}.tar" for s in cfg["data"]["shards"]], res / "models" / cfg["clip"]["name"], Path(tmp) / "m",
-                unet_cfg={**D.TINY_UNET, **(cfg["t2i"].get("unet_cfg") or {})}, seed=cfg["seeds"]["train"], threads=1,
+                [res / f"data/laion/{s}.tar" for s in cfg["data"]["shards"]], res / "models" / cfg["clip"]["name"], model_dir,
+                unet_cfg={**D.TINY_UNET, **(cfg["t2i"].get("unet_cfg") or {}), **train.get("unet_cfg", {})}, seed=cfg["seeds"]["train"], threads=1,
                 **{k: train[k] for k in ("steps", "batch_size", "lr", "warmup_steps", "cond_dropout")},
             )  # fmt: skip
             row = {"variant": name, "train_s": round(time.time() - t0, 1), "final_loss": info["train"]["final_loss"]}
-            bundle = D.load_t2i(Path(tmp) / "m")
+            bundle = D.load_t2i(model_dir)
             for target in cfg["t2i"]["targets"]:
                 for which, table in prompt_sets(target, concepts, seeds=list(sampling["seeds"])).items():
                     img = D.generate(bundle, list(table["prompt"]), [int(s) for s in table["seed"]],
