@@ -1,18 +1,23 @@
-"""The default text-to-image model under several training settings, each
-judged like the DAG judges the base model.
+"""The default text-to-image model under several training or sampling
+settings, each judged like the DAG judges the base model.
 
     .venv/bin/python scripts/t2i_generator_variants.py RUN \
         [--variant NAME='{"steps": 1500}' ...] [--scheduler NAME='{"prediction_type": "epsilon"}'] \
+        [--model DIR] [--sampling NAME='{"sampler": "ddpm", "steps": 50}' ...] [--seeds N] \
         [--out generator_variants.csv] [--keep DIR]
 
 RUN is a folder where the default DAG ran (its shards, CLIP, evaluation sets
-and judge are read; nothing there is written). For each variant (training
-params merged over config.yaml's ``t2i.train``; ``--scheduler`` adds
-overrides of the tiny scheduler for a variant of the same name): train the
-tiny UNet in a scratch folder, generate every default t2i target's forget
-and retain prompts with the evaluation seeds and sampler, and print the
-judge's accuracy per prompt set and domain, with the training seconds. What
-decided issue 17's generator (docs/fidelity.md item 12).
+and judge are read; nothing there is written). For each training variant
+(params merged over config.yaml's ``t2i.train``, and a ``unet_cfg`` key over
+``t2i.unet_cfg``; ``--scheduler`` adds overrides of the tiny scheduler for a
+variant of the same name): train the tiny UNet in a scratch folder (or
+DIR/NAME with ``--keep``). With ``--model DIR`` nothing is trained: DIR is
+judged. Each model is then sampled under every ``--sampling`` variant
+(overrides of config.yaml's ``t2i.sampling``; default: that alone), on every
+default t2i target's forget and retain prompts with the evaluation seeds
+(or seeds 0..N-1), and the judge's accuracy per prompt set and domain is
+printed with the training seconds. What decided issue 17's generator
+(docs/fidelity.md item 12).
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ def main(argv=None) -> int:
     ap.add_argument("run", type=Path)
     ap.add_argument("--variant", action="append", default=[], help="NAME=JSON training params over config.yaml's")
     ap.add_argument("--scheduler", action="append", default=[], help="NAME=JSON tiny-scheduler overrides of variant NAME")
+    ap.add_argument("--model", type=Path, help="judge this model folder instead of training one")
+    ap.add_argument("--sampling", action="append", default=[], help="NAME=JSON overrides of t2i.sampling")
+    ap.add_argument("--seeds", type=int, help="sampling seeds 0..N-1 (default: t2i.sampling.seeds)")
     ap.add_argument("--out", type=Path, default=Path("generator_variants.csv"))
     ap.add_argument("--keep", type=Path, help="save each variant's model in DIR/NAME (default: a scratch folder)")
     args = ap.parse_args(argv)
@@ -51,13 +59,35 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     variants = dict(v.split("=", 1) for v in args.variant) or {"config": "{}"}
     scheds = dict(v.split("=", 1) for v in args.scheduler)
+    samplings = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.sampling)} or {"config": {}}
     syn = cfg["data"]["synthetic"]
     concepts = {k: syn[k] for k in ("identities", "objects", "styles")}
     judge = load_judge(res / "models/judge" / cfg["t2i"]["judge"].get("name", "tiny_judge") / "judge.json")
-    sampling = cfg["t2i"]["sampling"]
+    seeds = list(range(args.seeds)) if args.seeds else list(cfg["t2i"]["sampling"]["seeds"])
     rows = []
+
+    def judged(model_dir, row):
+        bundle = D.load_t2i(model_dir)
+        for sname, over in samplings.items():
+            s = {**cfg["t2i"]["sampling"], **over}
+            out = {**row, "sampling": sname, "seeds": len(seeds)}
+            t0 = time.time()
+            for target in cfg["t2i"]["targets"]:
+                for which, table in prompt_sets(target, concepts, seeds=seeds).items():
+                    img = D.generate(bundle, list(table["prompt"]), [int(x) for x in table["seed"]],
+                                     steps=int(s["steps"]), guidance=float(s["guidance"]),
+                                     sampler=str(s.get("sampler", "ddim")))  # fmt: skip
+                    acc = correctness(judge, img, [json.loads(v) for v in table["labels"]])
+                    for domain, v in acc.items():
+                        out[f"{target['id']}/{which}/{domain}"] = round(100 * float(pd.Series(v).dropna().mean()), 1)
+            out["sample_s"] = round(time.time() - t0, 1)
+            rows.append(out)
+            print(json.dumps(out), flush=True)
+
+    if args.model:
+        judged(args.model, {"variant": str(args.model)})
     base_sched = dict(D.TINY_SCHEDULER)
-    for name, over in variants.items():
+    for name, over in ({} if args.model else variants).items():
         train = {**cfg["t2i"]["train"], **json.loads(over)}
         D.TINY_SCHEDULER.clear()
         D.TINY_SCHEDULER.update({**base_sched, **json.loads(scheds.get(name, "{}"))})
@@ -66,20 +96,11 @@ def main(argv=None) -> int:
             t0 = time.time()
             info = D.train_tiny_t2i(
                 [res / f"data/laion/{s}.tar" for s in cfg["data"]["shards"]], res / "models" / cfg["clip"]["name"], model_dir,
-                unet_cfg={**D.TINY_UNET, **(cfg["t2i"].get("unet_cfg") or {}), **train.get("unet_cfg", {})}, seed=cfg["seeds"]["train"], threads=1,
+                unet_cfg={**D.TINY_UNET, **(cfg["t2i"].get("unet_cfg") or {}), **train.get("unet_cfg", {})},
+                seed=cfg["seeds"]["train"], threads=1,
                 **{k: train[k] for k in ("steps", "batch_size", "lr", "warmup_steps", "cond_dropout")},
             )  # fmt: skip
-            row = {"variant": name, "train_s": round(time.time() - t0, 1), "final_loss": info["train"]["final_loss"]}
-            bundle = D.load_t2i(model_dir)
-            for target in cfg["t2i"]["targets"]:
-                for which, table in prompt_sets(target, concepts, seeds=list(sampling["seeds"])).items():
-                    img = D.generate(bundle, list(table["prompt"]), [int(s) for s in table["seed"]],
-                                     steps=int(sampling["steps"]), guidance=float(sampling["guidance"]))  # fmt: skip
-                    acc = correctness(judge, img, [json.loads(v) for v in table["labels"]])
-                    for domain, v in acc.items():
-                        row[f"{target['id']}/{which}/{domain}"] = round(100 * float(pd.Series(v).dropna().mean()), 1)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+            judged(model_dir, {"variant": name, "train_s": round(time.time() - t0, 1), "final_loss": info["train"]["final_loss"]})
     D.TINY_SCHEDULER.clear()
     D.TINY_SCHEDULER.update(base_sched)
     df = pd.DataFrame(rows)

@@ -187,6 +187,20 @@ def test_generation_is_deterministic_per_seed(t2i_dir):
     assert (alone[0].int() - one[1].int()).abs().max() <= 1
 
 
+def test_ancestral_sampler_draws_its_noise_from_each_images_seed(t2i_dir):
+    b = D.load_t2i(t2i_dir)
+    prompts = ["a photo of Mira Castell", "a photo of a kite", "a photo of a kite"]
+    one = D.generate(b, prompts, [7, 7, 8], steps=4, sampler="ddpm")
+    assert torch.equal(one, D.generate(b, prompts, [7, 7, 8], steps=4, sampler="ddpm"))
+    # another batch, another position: the step noise follows the image's seed
+    alone = D.generate(b, prompts[2:], [8], steps=4, sampler="ddpm", batch_size=1)
+    assert (alone[0].int() - one[2].int()).abs().max() <= 1
+    ddim = D.generate(b, prompts, [7, 7, 8], steps=4)
+    assert not torch.equal(one, ddim)  # fresh noise per step changes the picture
+    with pytest.raises(UnlearnflowError, match=r"t2i.sampling.sampler: 'euler'"):
+        D.generate(b, prompts, [7, 7, 8], steps=4, sampler="euler")
+
+
 def test_prompt_sets_for_identity_and_style_targets():
     from unlearnflow.generate import prompt_sets
 

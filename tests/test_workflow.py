@@ -8,7 +8,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import small_config
+from conftest import REPO, small_config
 from unlearnflow.data.select import Matcher
 from unlearnflow.data.shards import iter_samples
 
@@ -393,3 +393,12 @@ def test_no_mia_non_member_source_is_a_config_error(workflow):
     cfg["data"]["heldout_fraction"] = 0.2
     _, out = workflow.run("-n", cfg=cfg)
     assert job_counts(out)["synthetic_shard"] == 2  # training shards only
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_pass_check_config(path, capfd):
+    """Every config the README and docs tell a user to layer over
+    config.yaml passes the schema and the plan (method names, params)."""
+    from unlearnflow.cli import main
+
+    assert main(["check-config", str(path)]) == 0, capfd.readouterr()

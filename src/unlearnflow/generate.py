@@ -72,6 +72,7 @@ def generate_set(bundle, table: pd.DataFrame, out_dir, sampling: dict, grid_path
         steps=int(sampling["steps"]),
         guidance=float(sampling["guidance"]),
         batch_size=int(sampling.get("batch_size", 64)),
+        sampler=str(sampling.get("sampler", "ddim")),
     )
     names = [f"{i:04d}" for i in range(len(table))]
     save_pngs(images, out_dir, names)

@@ -88,7 +88,7 @@ def _generate(bundle, prompts, seeds, sampling: dict, steps=None) -> torch.Tenso
     return generate(
         bundle, list(prompts), [int(s) for s in seeds],
         steps=int(steps or sampling["steps"]), guidance=float(sampling["guidance"]),
-        batch_size=int(sampling.get("batch_size", 64)),
+        batch_size=int(sampling.get("batch_size", 64)), sampler=str(sampling.get("sampler", "ddim")),
     )  # fmt: skip
 
 

@@ -374,9 +374,26 @@ def apply_delta(bundle: T2IBundle, delta) -> list[str]:
 
 
 # ------------------------------------------------------------ sampling
-def initial_noise(shape: tuple, seeds: Sequence[int]) -> torch.Tensor:
-    """One generator per image, so an image depends on its seed only."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+SAMPLERS = ("ddim", "ddpm")
+
+
+def initial_noise(shape: tuple, seeds: Sequence[int], generators: list | None = None) -> torch.Tensor:
+    """One generator per image, so an image depends on its seed only (pass
+    ``generators`` to keep drawing from them: the ancestral sampler's noise)."""
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    if generators is not None:
+        generators.extend(gens)
+    return torch.stack([torch.randn(shape, generator=g) for g in gens])
+
+
+def _sampling_scheduler(config, sampler: str):
+    """``ddim``: deterministic DDIM (eta 0), diffusers' pipelines' default;
+    ``ddpm``: DDPM's ancestral sampler, fresh noise at every step."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    if sampler not in SAMPLERS:
+        raise UnlearnflowError(f"t2i.sampling.sampler: {sampler!r} is not one of {list(SAMPLERS)}")
+    return (DDIMScheduler if sampler == "ddim" else DDPMScheduler).from_config(config)
 
 
 @torch.no_grad()
@@ -389,16 +406,17 @@ def generate(
     guidance: float = 3.0,
     negative_prompt: str = "",
     batch_size: int = 64,
+    sampler: str = "ddim",
 ) -> torch.Tensor:
-    """Classifier-free guided DDIM samples as uint8 (N, 3, H, W): the loop of
+    """Classifier-free guided samples as uint8 (N, 3, H, W): the loop of
     diffusers' StableDiffusionPipeline, written out so the same code serves
-    the pixel-space default and latent Stable Diffusion."""
-    from diffusers import DDIMScheduler
-
+    the pixel-space default and latent Stable Diffusion. Each image's noise
+    (the start, and the ancestral sampler's per step) comes from its seed."""
     if len(prompts) != len(seeds):
         raise UnlearnflowError(f"generate: {len(prompts)} prompts but {len(seeds)} seeds")
-    sched = DDIMScheduler.from_config(bundle.scheduler.config)
+    sched = _sampling_scheduler(bundle.scheduler.config, sampler)
     sched.set_timesteps(int(steps))
+    stochastic = sampler == "ddpm"
     dev = bundle.device
     uncond = bundle.encode_prompts([negative_prompt])
     out = []
@@ -406,11 +424,16 @@ def generate(
         p = list(prompts[i : i + batch_size])
         cond = bundle.encode_prompts(p)
         ctx = torch.cat([uncond.expand(len(p), -1, -1), cond])
-        x = initial_noise(bundle.latent_shape, seeds[i : i + batch_size]).to(dev) * sched.init_noise_sigma
+        gens: list = []
+        x = initial_noise(bundle.latent_shape, seeds[i : i + batch_size], gens).to(dev) * sched.init_noise_sigma
         for t in sched.timesteps:
             inp = sched.scale_model_input(torch.cat([x, x]), t)
             eps_u, eps_c = bundle.unet(inp, t, encoder_hidden_states=ctx).sample.chunk(2)
-            x = sched.step(eps_u + guidance * (eps_c - eps_u), t, x).prev_sample
+            pred = eps_u + guidance * (eps_c - eps_u)
+            if stochastic:  # diffusers draws one noise per image from a list of generators
+                x = sched.step(pred, t, x, generator=gens).prev_sample
+            else:
+                x = sched.step(pred, t, x).prev_sample
         if bundle.vae is not None:
             x = bundle.vae.decode(x / bundle.vae.config.scaling_factor).sample
         elif bundle.unshuffle > 1:
