@@ -69,14 +69,12 @@ def main(argv=None) -> int:
     def judged(model_dir, row):
         bundle = D.load_t2i(model_dir)
         for sname, over in samplings.items():
-            s = {**cfg["t2i"]["sampling"], **over}
+            s = D.sampling_options({**cfg["t2i"]["sampling"], **over})
             out = {**row, "sampling": sname, "seeds": len(seeds)}
             t0 = time.time()
             for target in cfg["t2i"]["targets"]:
                 for which, table in prompt_sets(target, concepts, seeds=seeds).items():
-                    img = D.generate(bundle, list(table["prompt"]), [int(x) for x in table["seed"]],
-                                     steps=int(s["steps"]), guidance=float(s["guidance"]),
-                                     sampler=str(s.get("sampler", "ddim")))  # fmt: skip
+                    img = D.generate(bundle, list(table["prompt"]), [int(x) for x in table["seed"]], **s)
                     acc = correctness(judge, img, [json.loads(v) for v in table["labels"]])
                     for domain, v in acc.items():
                         out[f"{target['id']}/{which}/{domain}"] = round(100 * float(pd.Series(v).dropna().mean()), 1)

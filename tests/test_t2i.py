@@ -199,6 +199,11 @@ def test_ancestral_sampler_draws_its_noise_from_each_images_seed(t2i_dir):
     assert not torch.equal(one, ddim)  # fresh noise per step changes the picture
     with pytest.raises(UnlearnflowError, match=r"t2i.sampling.sampler: 'euler'"):
         D.generate(b, prompts, [7, 7, 8], steps=4, sampler="euler")
+    # what the evaluation, the attacks and the variants script pass to generate
+    assert D.sampling_options({"steps": 25, "guidance": 2.0, "sampler": "ddpm"}, steps=4) == {
+        "steps": 4, "guidance": 2.0, "batch_size": 64, "sampler": "ddpm"
+    }
+    assert D.sampling_options({"steps": 25, "guidance": 2.0})["sampler"] == "ddim"
 
 
 def test_prompt_sets_for_identity_and_style_targets():

@@ -63,17 +63,9 @@ def prompt_sets(target: dict, concepts: dict, *, seeds: list[int], retain_per_st
 def generate_set(bundle, table: pd.DataFrame, out_dir, sampling: dict, grid_path=None) -> pd.DataFrame:
     """Generate every row of a prompt set into ``out_dir`` (PNG per image)."""
     from .metrics.images import image_grid, save_pngs
-    from .models.diffusion import generate
+    from .models.diffusion import generate, sampling_options
 
-    images = generate(
-        bundle,
-        list(table["prompt"]),
-        [int(s) for s in table["seed"]],
-        steps=int(sampling["steps"]),
-        guidance=float(sampling["guidance"]),
-        batch_size=int(sampling.get("batch_size", 64)),
-        sampler=str(sampling.get("sampler", "ddim")),
-    )
+    images = generate(bundle, list(table["prompt"]), [int(s) for s in table["seed"]], **sampling_options(sampling))
     names = [f"{i:04d}" for i in range(len(table))]
     save_pngs(images, out_dir, names)
     table = table.assign(file=[f"{n}.png" for n in names])

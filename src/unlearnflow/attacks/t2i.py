@@ -83,13 +83,9 @@ def _judged(judge, images_u8, domain: str, name: str) -> torch.Tensor:
 
 
 def _generate(bundle, prompts, seeds, sampling: dict, steps=None) -> torch.Tensor:
-    from ..models.diffusion import generate
+    from ..models.diffusion import generate, sampling_options
 
-    return generate(
-        bundle, list(prompts), [int(s) for s in seeds],
-        steps=int(steps or sampling["steps"]), guidance=float(sampling["guidance"]),
-        batch_size=int(sampling.get("batch_size", 64)), sampler=str(sampling.get("sampler", "ddim")),
-    )  # fmt: skip
+    return generate(bundle, list(prompts), [int(s) for s in seeds], **sampling_options(sampling, steps))
 
 
 def asr(judge, images_u8, domain: str, name: str) -> float:

@@ -374,16 +374,28 @@ def apply_delta(bundle: T2IBundle, delta) -> list[str]:
 
 
 # ------------------------------------------------------------ sampling
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm")  # the first is the default
 
 
-def initial_noise(shape: tuple, seeds: Sequence[int], generators: list | None = None) -> torch.Tensor:
-    """One generator per image, so an image depends on its seed only (pass
-    ``generators`` to keep drawing from them: the ancestral sampler's noise)."""
-    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    if generators is not None:
-        generators.extend(gens)
-    return torch.stack([torch.randn(shape, generator=g) for g in gens])
+def sampling_options(sampling: dict, steps: int | None = None) -> dict:
+    """:func:`generate`'s keywords from a ``t2i.sampling`` mapping: the one
+    place its keys and defaults are read (``steps`` overrides its steps)."""
+    return {
+        "steps": int(steps or sampling["steps"]),
+        "guidance": float(sampling["guidance"]),
+        "batch_size": int(sampling.get("batch_size", 64)),
+        "sampler": str(sampling.get("sampler", SAMPLERS[0])),
+    }
+
+
+def seed_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One generator per image, so an image depends on its seed only: its
+    start noise, and the ancestral sampler's noise at every step."""
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+def initial_noise(shape: tuple, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    return torch.stack([torch.randn(shape, generator=g) for g in generators])
 
 
 def _sampling_scheduler(config, sampler: str):
@@ -406,7 +418,7 @@ def generate(
     guidance: float = 3.0,
     negative_prompt: str = "",
     batch_size: int = 64,
-    sampler: str = "ddim",
+    sampler: str = SAMPLERS[0],
 ) -> torch.Tensor:
     """Classifier-free guided samples as uint8 (N, 3, H, W): the loop of
     diffusers' StableDiffusionPipeline, written out so the same code serves
@@ -416,7 +428,6 @@ def generate(
         raise UnlearnflowError(f"generate: {len(prompts)} prompts but {len(seeds)} seeds")
     sched = _sampling_scheduler(bundle.scheduler.config, sampler)
     sched.set_timesteps(int(steps))
-    stochastic = sampler == "ddpm"
     dev = bundle.device
     uncond = bundle.encode_prompts([negative_prompt])
     out = []
@@ -424,16 +435,13 @@ def generate(
         p = list(prompts[i : i + batch_size])
         cond = bundle.encode_prompts(p)
         ctx = torch.cat([uncond.expand(len(p), -1, -1), cond])
-        gens: list = []
-        x = initial_noise(bundle.latent_shape, seeds[i : i + batch_size], gens).to(dev) * sched.init_noise_sigma
+        gens = seed_generators(seeds[i : i + batch_size])
+        x = initial_noise(bundle.latent_shape, gens).to(dev) * sched.init_noise_sigma
         for t in sched.timesteps:
             inp = sched.scale_model_input(torch.cat([x, x]), t)
             eps_u, eps_c = bundle.unet(inp, t, encoder_hidden_states=ctx).sample.chunk(2)
-            pred = eps_u + guidance * (eps_c - eps_u)
-            if stochastic:  # diffusers draws one noise per image from a list of generators
-                x = sched.step(pred, t, x, generator=gens).prev_sample
-            else:
-                x = sched.step(pred, t, x).prev_sample
+            # DDPM draws one noise per image from the list; DDIM (eta 0) draws none
+            x = sched.step(eps_u + guidance * (eps_c - eps_u), t, x, generator=gens).prev_sample
         if bundle.vae is not None:
             x = bundle.vae.decode(x / bundle.vae.config.scaling_factor).sample
         elif bundle.unshuffle > 1:
