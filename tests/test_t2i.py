@@ -225,6 +225,62 @@ def test_prompt_sets_for_identity_and_style_targets():
 
 
 # ----------------------------------------------------------------- SalUn
+def test_records_say_how_their_pictures_were_drawn_and_a_table_mixes_none(tmp_path):
+    import pandas as pd
+
+    from unlearnflow.stages.t2i import sampling_caption, sampling_of
+
+    table = pd.DataFrame({"seed": [3, 1, 2], "sampler": "ddpm", "steps": 50, "guidance": 3.0})
+    how = sampling_of(table, tmp_path / "p.parquet")
+    assert how == {"sampler": "ddpm", "steps": 50, "guidance": 3.0, "seeds": [1, 2, 3]}
+    assert sampling_caption([{"sampling": how}] * 2) == "pictures by DDPM (ancestral), 50 steps, guidance 3, seeds 1, 2, 3 (3 per prompt)"
+    with pytest.raises(UnlearnflowError, match="generated in different ways"):
+        sampling_caption([{"sampling": how}, {"sampling": {**how, "sampler": "ddim"}}])
+    with pytest.raises(InputFileError, match="several steps values"):
+        sampling_of(table.assign(steps=[50, 50, 25]), tmp_path / "p.parquet")
+    with pytest.raises(InputFileError, match="rerun generate_t2i"):
+        sampling_of(table.drop(columns="sampler"), tmp_path / "p.parquet")
+
+
+def test_oversample_pools_match_names_as_forget_sets_do_and_errors_name_the_key():
+    from unlearnflow.data.select import name_regex
+
+    captions = ["Vellum painting of a kite", "a photo of a kite", "kite - VELLUM illustration", "Vellumish art", "poster_art"]
+    pools = D.oversample_pools(captions, {"styles": 0.4}, {"styles": ["Vellum", "Poster"], "objects": ["kite"]}, name_regex)
+    # any case, whole words, an underscore a word's end (as name_regex matches a snake-case name)
+    assert pools["styles"][0] == 0.4 and pools["styles"][1].tolist() == [0, 2, 4]
+    with pytest.raises(UnlearnflowError, match=r"oversample: shares sum to 1.3 > 1"):
+        D.oversample_pools(captions, {"styles": 0.6, "objects": 0.7}, {"styles": ["Vellum"], "objects": ["kite"]}, name_regex)
+    with pytest.raises(UnlearnflowError, match=r"oversample.identities: no training caption names any of \['Mira Castell'\]"):
+        D.oversample_pools(captions, {"identities": 0.2}, {"identities": ["Mira Castell"]}, name_regex)
+    with pytest.raises(UnlearnflowError, match="oversample.styles: no styles concepts"):
+        D.oversample_pools(captions, {"styles": 0.2}, {}, name_regex)
+
+
+def test_oversampled_training_batches_hold_the_share_from_the_pool(clip_dir, tmp_path, monkeypatch):
+    from unlearnflow.data.select import name_regex
+    from unlearnflow.models import clip as C
+
+    # 20 white pictures captioned with a style, 80 black ones without
+    images = torch.cat([torch.full((20, 3, 16, 16), 255, dtype=torch.uint8), torch.zeros((80, 3, 16, 16), dtype=torch.uint8)])
+    captions = ["a Vellum style kite"] * 20 + ["a photo of a kite"] * 80
+    monkeypatch.setattr(C, "load_pairs", lambda tars, size: (images.clone(), list(captions)))
+    seen, loss = [], D.noise_loss
+
+    def recording(bundle, x0, ctx, gen):
+        seen.append(int((x0.flatten(1).mean(1) > 0).sum()))
+        return loss(bundle, x0, ctx, gen)
+
+    monkeypatch.setattr(D, "noise_loss", recording)
+    common = dict(unet_cfg=MICRO_UNET, steps=6, batch_size=20, lr=1e-3, warmup_steps=0, cond_dropout=0.0, seed=0, threads=1)
+    info = D.train_tiny_t2i([], clip_dir, tmp_path / "over", oversample={"styles": 0.5}, concepts={"styles": ["Vellum"]}, name_pattern=name_regex, **common)
+    assert len(seen) == 6 and min(seen) >= 10  # 10 from the pool, the rest drawn uniformly
+    assert info["train"]["oversample"] == {"styles": {"share": 0.5, "pairs": 20}}
+    seen.clear()
+    info = D.train_tiny_t2i([], clip_dir, tmp_path / "plain", **common)
+    assert len(seen) == 6 and sum(seen) < 6 * 10 and "oversample" not in info["train"]
+
+
 def test_salun_moves_only_salient_unet_weights(t2i_dir, tmp_path):
     from unlearnflow.data.shards import Sample, write_shard
     from unlearnflow.masks import global_topk_masks, mask_metadata, save_mask
@@ -415,6 +471,9 @@ def test_t2i_dag_end_to_end(workflow):
     assert record["ua"] == pytest.approx(100 - 100 * forget["correct"].mean())
     caption = (res / "tables/t2i_unlearning.md").read_text().splitlines()[0]
     assert "train judge tiny_judge (held-out accuracy %: identity" in caption
+    # and how the pictures were drawn: the sampler each generation job recorded
+    assert "pictures by DDIM (deterministic), 2 steps, guidance 3, seeds 0 (1 per prompt)" in caption
+    assert record["sampling"] == {"sampler": "ddim", "steps": 2, "guidance": 3.0, "seeds": [0]}
     assert (res / "generate/tiny_t2i/mira_castell/compare.png").stat().st_size > 1000
     provenance = json.loads((res / "tables/t2i_unlearning.provenance.json").read_text())
     for _, row in table.iterrows():

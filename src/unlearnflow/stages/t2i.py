@@ -24,6 +24,7 @@ def _eval_sets(inp: dict, split: str = "test") -> dict:
 # ------------------------------------------------------------ models
 def pretrain_t2i(inp: dict, out: dict, params: dict) -> None:
     """Rule ``pretrain_t2i``: the tiny text-to-image model of the default."""
+    from ..data.select import name_regex
     from ..models.diffusion import TINY_UNET, train_tiny_t2i
 
     tr = params["train"]
@@ -40,6 +41,9 @@ def pretrain_t2i(inp: dict, out: dict, params: dict) -> None:
         seed=int(params["seed"]),
         device=params.get("device", "auto"),
         threads=params.get("threads"),
+        oversample=tr.get("oversample"),
+        concepts=params.get("concepts"),
+        name_pattern=name_regex,
     )
     print(json.dumps(info["train"]))
 
@@ -213,10 +217,12 @@ def generate_t2i(inp: dict, out: dict, params: dict) -> None:
     from ..generate import generate_set, prompt_sets
     from ..io import write_parquet
     from ..models.clip import resolve_device
-    from ..models.diffusion import load_t2i
+    from ..models.diffusion import load_t2i, sampling_options
 
     if params.get("threads"):
         torch.set_num_threads(int(params["threads"]))
+    # recorded with every picture, so the table can say how they were drawn
+    how = {k: v for k, v in sampling_options(params["sampling"]).items() if k != "batch_size"}
     model_dir = Path(inp["model"]).parent
     bundle = load_t2i(model_dir, device=resolve_device(params.get("device", "auto")), delta=inp.get("delta"))
     sets = prompt_sets(params["target"], params["concepts"], seeds=list(params["sampling"]["seeds"]))
@@ -225,7 +231,7 @@ def generate_t2i(inp: dict, out: dict, params: dict) -> None:
     for name, table in sets.items():
         folder = Path(out[f"{name}_dir"])
         done = generate_set(bundle, table, folder, params["sampling"], grid_path=out[f"{name}_grid"])
-        rows.append(done.assign(set=name, dir=str(folder)))
+        rows.append(done.assign(set=name, dir=str(folder), **how))
     write_parquet(out["prompts"], pd.concat(rows, ignore_index=True))
     print(f"generated {sum(len(r) for r in rows)} images in {time.time() - t0:.1f} s")
 
@@ -239,6 +245,37 @@ def _feature_net(params: dict, inp: dict, device):
     if kind == "clip":
         return im.feature_net("clip", clip_dir=Path(inp["clip_config"]).parent, device=device)
     return im.feature_net(kind, arch=spec.get("arch"), pretrained=spec.get("pretrained"), device=device)
+
+
+SAMPLING_COLUMNS = ("sampler", "steps", "guidance")
+
+
+def sampling_of(prompts, path) -> dict:
+    """How a prompts table's pictures were drawn (generate_t2i's columns):
+    one sampler, step count and guidance for the whole table, and its seeds."""
+    missing = [c for c in SAMPLING_COLUMNS if c not in prompts.columns]
+    if missing:
+        raise InputFileError(path, f"no {missing} columns (written before the sampler was recorded); rerun generate_t2i")
+    how = {}
+    for col in SAMPLING_COLUMNS:
+        values = sorted(set(prompts[col]))
+        if len(values) != 1:
+            raise InputFileError(path, f"pictures drawn with several {col} values {values}")
+        how[col] = values[0].item() if hasattr(values[0], "item") else values[0]
+    return {**how, "seeds": sorted({int(s) for s in prompts["seed"]})}
+
+
+def sampling_caption(records: list[dict]) -> str:
+    """The sampler, steps, guidance and seeds every record's pictures share;
+    records drawn differently cannot share one table."""
+    ways = {json.dumps(r["sampling"], sort_keys=True) for r in records}
+    if len(ways) != 1:
+        raise UnlearnflowError(f"t2i table: its records were generated in different ways {sorted(ways)}; rerun generate_t2i")
+    how = json.loads(ways.pop())
+    name = {"ddim": "DDIM (deterministic)", "ddpm": "DDPM (ancestral)"}.get(how["sampler"], how["sampler"])
+    seeds = how["seeds"]
+    listed = ", ".join(map(str, seeds)) if len(seeds) <= 8 else f"{seeds[0]}, ..., {seeds[-1]}"
+    return f"pictures by {name}, {how['steps']} steps, guidance {how['guidance']:g}, seeds {listed} ({len(seeds)} per prompt)"
 
 
 def evaluate_t2i(inp: dict, out: dict, params: dict) -> None:
@@ -259,7 +296,7 @@ def evaluate_t2i(inp: dict, out: dict, params: dict) -> None:
     net = _feature_net(params, inp, device)
     prompts = read_parquet(inp["prompts"])
     record, preds = evaluate_generations(prompts, params["target"], judge, net, _eval_sets(inp), clip_bundle=clip_bundle)
-    record.update(target=params["target"]["id"], method=params["method"])
+    record.update(target=params["target"]["id"], method=params["method"], sampling=sampling_of(prompts, inp["prompts"]))
     if inp.get("info"):
         record["method_seconds"] = read_json(inp["info"]).get("seconds")
     if inp.get("delta"):
@@ -326,7 +363,7 @@ def t2i_table(inp: dict, out: dict, params: dict) -> None:
             raise InputFileError(inp["judge"], f"records {stale} were scored by another judge; rerun evaluate_t2i")
     caption = (
         f"Text-to-image unlearning (UA / IRA / CRA by the {'; '.join(judges)}; "
-        f"FID / KID / IS / CLIP score in the feature space of {', '.join(nets)})"
+        f"FID / KID / IS / CLIP score in the feature space of {', '.join(nets)}; {sampling_caption(records)})"
     )
     # the markdown opens with the caption too: it names the judge
     tables.write_tables(df, out["csv"], out["md"], out["tex"], caption, caption_in_md=True)
