@@ -156,9 +156,11 @@ def test_a_fingerprint_changes_with_the_source_its_rule_runs_and_nothing_else(pa
     assert changed_by(root, clear, "methods/slug.py") == {("unlearn_clip", "slug"), ("unlearn_t2i", "slug")}
     assert changed_by(root, clear, "methods/ga.py") == {("unlearn_clip", "ga")}
     # the selection: select_sets and select_retain (downstream reruns follow from their outputs),
-    # and SalUn on diffusion, which matches the target's name with its regex
+    # SalUn on diffusion, which matches the target's name with its regex, and
+    # pretrain_t2i (t2i.train.oversample matches concept names with it); no other t2i rule
     assert changed_by(root, clear, "data/select.py") == {
         ("select_sets", None), ("select_retain", None), ("t2i_salun_masks", None), ("unlearn_t2i", "salun"),
+        ("pretrain_t2i", None),
     }  # fmt: skip
     # the synthetic renderer: every stage that draws pictures
     drawn = {r for r, _ in changed_by(root, clear, "data/render.py")}

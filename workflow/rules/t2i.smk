@@ -31,6 +31,10 @@ if config["t2i"]["source"] == "train":
             code=code_of("pretrain_t2i"),
             unet_cfg=config["t2i"]["unet_cfg"],
             train=config["t2i"]["train"],
+            # read only for t2i.train.oversample: absent, a concept list change reruns nothing here
+            concepts=(
+                P.t2i_concepts() if config["t2i"]["train"].get("oversample") else {}
+            ),
             seed=config["seeds"]["train"],
             device=device_of("pretrain_t2i"),
         script:

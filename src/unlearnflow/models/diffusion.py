@@ -506,6 +506,27 @@ def to_model_space(bundle: T2IBundle, images_u8: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def oversample_pools(captions: Sequence[str], oversample: dict, concepts: dict, name_pattern) -> dict:
+    """{domain: (share, indices of the pairs whose caption names one of the
+    domain's concepts)}; ``name_pattern`` turns a name into a regex (the
+    stage passes data.select.name_regex, so names match as in the forget
+    sets, and only pretrain_t2i's fingerprint follows that module)."""
+    pools = {}
+    for domain, share in oversample.items():
+        names = list(concepts.get(domain) or [])
+        if not names:
+            raise UnlearnflowError(f"t2i.train.oversample.{domain}: no {domain} concepts to look for in the captions")
+        pattern = re.compile("|".join(name_pattern(c) for c in names), re.IGNORECASE)
+        idx = [i for i, c in enumerate(captions) if pattern.search(c)]
+        if not idx:
+            raise UnlearnflowError(f"t2i.train.oversample.{domain}: no training caption names any of {names}")
+        pools[domain] = (float(share), torch.tensor(idx))
+    total = sum(share for share, _ in pools.values())
+    if total > 1:
+        raise UnlearnflowError(f"t2i.train.oversample: shares sum to {total:g} > 1 ({oversample})")
+    return pools
+
+
 def train_tiny_t2i(
     tars,
     clip_dir,
@@ -520,9 +541,17 @@ def train_tiny_t2i(
     seed: int,
     device: str = "auto",
     threads: int | None = None,
+    oversample: dict | None = None,
+    concepts: dict | None = None,
+    name_pattern=None,
 ) -> dict:
     """Train the tiny pixel-space UNet on image-caption tars, conditioned on
-    the (frozen) tiny CLIP's text tower; AdamW, warm-up then cosine."""
+    the (frozen) tiny CLIP's text tower; AdamW, warm-up then cosine.
+
+    ``oversample`` ({domain: share}, e.g. ``{"styles": 0.35}``): that share of
+    every batch is drawn from the pairs whose caption names one of the
+    domain's ``concepts``, the rest from all pairs (absent: uniform batches,
+    as before the option)."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     from .clip import load_clip, load_pairs
@@ -546,13 +575,20 @@ def train_tiny_t2i(
     x_all = images
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
     n = len(captions)
+    pools = oversample_pools(captions, oversample or {}, concepts or {}, name_pattern) if oversample else {}
+    # pairs per pool in a batch; the uniform rest keeps the default's draws when there is no pool
+    counts = [(int(round(batch_size * share)), idx) for share, idx in pools.values()]
+    uniform = batch_size - sum(k for k, _ in counts)
 
     unet.train()
     bar = LossBar(steps, "train tiny text-to-image UNet", every=25)
 
     def batches():
         for _ in range(steps):
-            idx = torch.randint(0, n, (batch_size,), generator=gen)
+            idx = torch.randint(0, n, (uniform,), generator=gen)
+            if counts:
+                picks = [pool[torch.randint(0, len(pool), (k,), generator=gen)] for k, pool in counts]
+                idx = torch.cat([*picks, idx])
             batch = x_all[idx]
             flip = torch.rand(batch_size, generator=gen) < 0.5
             batch[flip] = batch[flip].flip(-1)  # mirror pixels, before any space-to-depth
@@ -583,6 +619,7 @@ def train_tiny_t2i(
             "lr": lr,
             "cond_dropout": cond_dropout,
             "seed": seed,
+            **({"oversample": {d: {"share": sh, "pairs": len(ix)} for d, (sh, ix) in pools.items()}} if pools else {}),
             **bar.summary(dev, last=25),
         },
     }
