@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     import torch
     import yaml
 
-    from unlearnflow.data.select import name_regex
+    from unlearnflow.data.select import Matcher
     from unlearnflow.generate import prompt_sets
     from unlearnflow.metrics.judge import correctness, load_judge
     from unlearnflow.models import diffusion as D
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
             info = D.train_tiny_t2i(
                 [res / f"data/laion/{s}.tar" for s in cfg["data"]["shards"]], res / "models" / cfg["clip"]["name"], model_dir,
                 unet_cfg={**D.TINY_UNET, **(cfg["t2i"].get("unet_cfg") or {}), **train.get("unet_cfg", {})},
-                seed=cfg["seeds"]["train"], threads=1, oversample=train.get("oversample"), concepts=concepts, name_pattern=name_regex,
+                seed=cfg["seeds"]["train"], threads=1, oversample=train.get("oversample"), concepts=concepts, matcher=lambda names: Matcher(names[0], aliases=list(names[1:])),
                 **{k: train[k] for k in ("steps", "batch_size", "lr", "warmup_steps", "cond_dropout")},
             )  # fmt: skip
             judged(model_dir, {"variant": name, "train_s": round(time.time() - t0, 1), "final_loss": info["train"]["final_loss"]})

@@ -243,22 +243,28 @@ def test_records_say_how_their_pictures_were_drawn_and_a_table_mixes_none(tmp_pa
 
 
 def test_oversample_pools_match_names_as_forget_sets_do_and_errors_name_the_key():
-    from unlearnflow.data.select import name_regex
+    from unlearnflow.data.select import Matcher
+
+    def any_name(names):
+        return Matcher(names[0], aliases=list(names[1:]))
 
     captions = ["Vellum painting of a kite", "a photo of a kite", "kite - VELLUM illustration", "Vellumish art", "poster_art"]
-    pools = D.oversample_pools(captions, {"styles": 0.4}, {"styles": ["Vellum", "Poster"], "objects": ["kite"]}, name_regex)
+    pools = D.oversample_pools(captions, {"styles": 0.4}, {"styles": ["Vellum", "Poster"], "objects": ["kite"]}, any_name)
     # any case, whole words, an underscore a word's end (as name_regex matches a snake-case name)
     assert pools["styles"][0] == 0.4 and pools["styles"][1].tolist() == [0, 2, 4]
     with pytest.raises(UnlearnflowError, match=r"oversample: shares sum to 1.3 > 1"):
-        D.oversample_pools(captions, {"styles": 0.6, "objects": 0.7}, {"styles": ["Vellum"], "objects": ["kite"]}, name_regex)
+        D.oversample_pools(captions, {"styles": 0.6, "objects": 0.7}, {"styles": ["Vellum"], "objects": ["kite"]}, any_name)
     with pytest.raises(UnlearnflowError, match=r"oversample.identities: no training caption names any of \['Mira Castell'\]"):
-        D.oversample_pools(captions, {"identities": 0.2}, {"identities": ["Mira Castell"]}, name_regex)
+        D.oversample_pools(captions, {"identities": 0.2}, {"identities": ["Mira Castell"]}, any_name)
     with pytest.raises(UnlearnflowError, match="oversample.styles: no styles concepts"):
-        D.oversample_pools(captions, {"styles": 0.2}, {}, name_regex)
+        D.oversample_pools(captions, {"styles": 0.2}, {}, any_name)
 
 
 def test_oversampled_training_batches_hold_the_share_from_the_pool(clip_dir, tmp_path, monkeypatch):
-    from unlearnflow.data.select import name_regex
+    from unlearnflow.data.select import Matcher
+
+    def any_name(names):
+        return Matcher(names[0], aliases=list(names[1:]))
     from unlearnflow.models import clip as C
 
     # 20 white pictures captioned with a style, 80 black ones without
@@ -273,7 +279,7 @@ def test_oversampled_training_batches_hold_the_share_from_the_pool(clip_dir, tmp
 
     monkeypatch.setattr(D, "noise_loss", recording)
     common = dict(unet_cfg=MICRO_UNET, steps=6, batch_size=20, lr=1e-3, warmup_steps=0, cond_dropout=0.0, seed=0, threads=1)
-    info = D.train_tiny_t2i([], clip_dir, tmp_path / "over", oversample={"styles": 0.5}, concepts={"styles": ["Vellum"]}, name_pattern=name_regex, **common)
+    info = D.train_tiny_t2i([], clip_dir, tmp_path / "over", oversample={"styles": 0.5}, concepts={"styles": ["Vellum"]}, matcher=any_name, **common)
     assert len(seen) == 6 and min(seen) >= 10  # 10 from the pool, the rest drawn uniformly
     assert info["train"]["oversample"] == {"styles": {"share": 0.5, "pairs": 20}}
     seen.clear()

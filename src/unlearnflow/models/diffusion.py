@@ -506,18 +506,18 @@ def to_model_space(bundle: T2IBundle, images_u8: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def oversample_pools(captions: Sequence[str], oversample: dict, concepts: dict, name_pattern) -> dict:
+def oversample_pools(captions: Sequence[str], oversample: dict, concepts: dict, matcher) -> dict:
     """{domain: (share, indices of the pairs whose caption names one of the
-    domain's concepts)}; ``name_pattern`` turns a name into a regex (the
-    stage passes data.select.name_regex, so names match as in the forget
-    sets, and only pretrain_t2i's fingerprint follows that module)."""
+    domain's concepts)}; ``matcher(names)`` is a caption -> bool test (the
+    stage passes data.select.Matcher over the names, so they match as in the
+    forget sets, and only pretrain_t2i's fingerprint follows that module)."""
     pools = {}
     for domain, share in oversample.items():
         names = list(concepts.get(domain) or [])
         if not names:
             raise UnlearnflowError(f"t2i.train.oversample.{domain}: no {domain} concepts to look for in the captions")
-        pattern = re.compile("|".join(name_pattern(c) for c in names), re.IGNORECASE)
-        idx = [i for i, c in enumerate(captions) if pattern.search(c)]
+        names_it = matcher(names)
+        idx = [i for i, c in enumerate(captions) if names_it(c)]
         if not idx:
             raise UnlearnflowError(f"t2i.train.oversample.{domain}: no training caption names any of {names}")
         pools[domain] = (float(share), torch.tensor(idx))
@@ -543,7 +543,7 @@ def train_tiny_t2i(
     threads: int | None = None,
     oversample: dict | None = None,
     concepts: dict | None = None,
-    name_pattern=None,
+    matcher=None,
 ) -> dict:
     """Train the tiny pixel-space UNet on image-caption tars, conditioned on
     the (frozen) tiny CLIP's text tower; AdamW, warm-up then cosine.
@@ -575,7 +575,7 @@ def train_tiny_t2i(
     x_all = images
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
     n = len(captions)
-    pools = oversample_pools(captions, oversample or {}, concepts or {}, name_pattern) if oversample else {}
+    pools = oversample_pools(captions, oversample, concepts or {}, matcher) if oversample else {}
     # pairs per pool in a batch; the uniform rest keeps the default's draws when there is no pool
     counts = [(int(round(batch_size * share)), idx) for share, idx in pools.values()]
     uniform = batch_size - sum(k for k, _ in counts)

@@ -24,7 +24,7 @@ def _eval_sets(inp: dict, split: str = "test") -> dict:
 # ------------------------------------------------------------ models
 def pretrain_t2i(inp: dict, out: dict, params: dict) -> None:
     """Rule ``pretrain_t2i``: the tiny text-to-image model of the default."""
-    from ..data.select import name_regex
+    from ..data.select import Matcher
     from ..models.diffusion import TINY_UNET, train_tiny_t2i
 
     tr = params["train"]
@@ -43,7 +43,7 @@ def pretrain_t2i(inp: dict, out: dict, params: dict) -> None:
         threads=params.get("threads"),
         oversample=tr.get("oversample"),
         concepts=params.get("concepts"),
-        name_pattern=name_regex,
+        matcher=lambda names: Matcher(names[0], aliases=list(names[1:])),
     )
     print(json.dumps(info["train"]))
 
@@ -296,7 +296,8 @@ def evaluate_t2i(inp: dict, out: dict, params: dict) -> None:
     net = _feature_net(params, inp, device)
     prompts = read_parquet(inp["prompts"])
     record, preds = evaluate_generations(prompts, params["target"], judge, net, _eval_sets(inp), clip_bundle=clip_bundle)
-    record.update(target=params["target"]["id"], method=params["method"], sampling=sampling_of(prompts, inp["prompts"]))
+    how = sampling_of(prompts, inp["prompts"])
+    record.update(target=params["target"]["id"], method=params["method"], sampling=how)
     if inp.get("info"):
         record["method_seconds"] = read_json(inp["info"]).get("seconds")
     if inp.get("delta"):
@@ -306,7 +307,7 @@ def evaluate_t2i(inp: dict, out: dict, params: dict) -> None:
         model_fingerprint=model_info.get("fingerprint", ""),
         delta=inp.get("delta"),
         # the seeds the images were generated with (generate_t2i), from their table
-        seeds={"train": provenance.train_seed(model_info), "generation": sorted({int(s) for s in prompts["seed"]})},
+        seeds={"train": provenance.train_seed(model_info), "generation": how["seeds"]},
         feature_net={"name": net.name, **(params.get("feature_net") or {})},
         classifier=record["classifier"],
     )
