@@ -240,6 +240,13 @@ def test_records_say_how_their_pictures_were_drawn_and_a_table_mixes_none(tmp_pa
         sampling_of(table.assign(steps=[50, 50, 25]), tmp_path / "p.parquet")
     with pytest.raises(InputFileError, match="rerun generate_t2i"):
         sampling_of(table.drop(columns="sampler"), tmp_path / "p.parquet")
+    # a record written before the sampler was recorded is named, not a KeyError
+    from unlearnflow.io import write_json
+    from unlearnflow.stages.t2i import t2i_table
+
+    write_json(tmp_path / "old.json", {"target": "mira_castell", "method": "base"})
+    with pytest.raises(InputFileError, match="old.json.*no 'sampling' entry"):
+        t2i_table({"records": [str(tmp_path / "old.json")]}, {}, {"costs": {}})
 
 
 def test_oversample_pools_match_names_as_forget_sets_do_and_errors_name_the_key():
@@ -273,9 +280,9 @@ def test_oversampled_training_batches_hold_the_share_from_the_pool(clip_dir, tmp
     monkeypatch.setattr(C, "load_pairs", lambda tars, size: (images.clone(), list(captions)))
     seen, loss = [], D.noise_loss
 
-    def recording(bundle, x0, ctx, gen):
+    def recording(bundle, x0, ctx, gen, **kw):
         seen.append(int((x0.flatten(1).mean(1) > 0).sum()))
-        return loss(bundle, x0, ctx, gen)
+        return loss(bundle, x0, ctx, gen, **kw)
 
     monkeypatch.setattr(D, "noise_loss", recording)
     common = dict(unet_cfg=MICRO_UNET, steps=6, batch_size=20, lr=1e-3, warmup_steps=0, cond_dropout=0.0, seed=0, threads=1)
@@ -285,6 +292,34 @@ def test_oversampled_training_batches_hold_the_share_from_the_pool(clip_dir, tmp
     seen.clear()
     info = D.train_tiny_t2i([], clip_dir, tmp_path / "plain", **common)
     assert len(seen) == 6 and sum(seen) < 6 * 10 and "oversample" not in info["train"]
+
+
+@pytest.mark.parametrize("prediction", ["sample", "epsilon", "v_prediction"])
+def test_min_snr_weights_cap_the_x0_error_weight_at_gamma(t2i_dir, prediction):
+    """Hang et al.'s Min-SNR-gamma: in x0-error terms every prediction type
+    weighs a sample min(SNR, gamma) / gamma, and noise_loss applies it per sample."""
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler(**{**D.TINY_SCHEDULER, "prediction_type": prediction})
+    t = torch.tensor([0, 100, 500, 900, 999])
+    ac = sched.alphas_cumprod[t]
+    snr = ac / (1 - ac)
+    w = D.min_snr_weight(sched, t, 5.0)
+    # the x0 error of epsilon's loss is scaled by SNR, of v's by SNR + 1
+    in_x0 = {"sample": w, "epsilon": w * snr, "v_prediction": w * (snr + 1)}[prediction]
+    torch.testing.assert_close(in_x0, torch.clamp(snr, max=5.0) / 5.0)
+    assert in_x0[0] == 1 and in_x0[-1] < 1e-3  # low noise capped, high noise down-weighted
+
+    b = D.load_t2i(t2i_dir)
+    x0 = torch.rand(4, *b.latent_shape) * 2 - 1
+    ctx = b.encode_prompts(["a kite"] * 4)
+    weighted = D.noise_loss(b, x0, ctx, torch.Generator().manual_seed(3), snr_gamma=5.0)
+    per = D.noise_loss(b, x0, ctx, torch.Generator().manual_seed(3), reduction="none")
+    gen = torch.Generator().manual_seed(3)
+    t = torch.randint(0, b.scheduler.config.num_train_timesteps, (4,), generator=gen)
+    want = (D.min_snr_weight(b.scheduler, t, 5.0).view(-1, 1, 1, 1) * per).mean()
+    torch.testing.assert_close(weighted, want)
+    assert not torch.isclose(weighted, per.mean())
 
 
 def test_salun_moves_only_salient_unet_weights(t2i_dir, tmp_path):

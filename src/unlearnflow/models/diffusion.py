@@ -473,8 +473,13 @@ def noise_loss(
     *,
     uncond: torch.Tensor | None = None,
     guidance: float = 1.0,
+    snr_gamma: float | None = None,
 ):
     """The denoising loss MSE(unet(x_t, t, c), target) at random t.
+
+    ``snr_gamma``: Min-SNR-gamma weighting (Hang et al., ICCV 2023; diffusers'
+    ``--snr_gamma``), each sample's loss times min(SNR(t), gamma) / gamma
+    over the x0 error (over epsilon's: / SNR; over v's: / (SNR + 1)).
 
     With ``uncond`` (the empty prompt's embedding) and ``guidance`` w != 1, the
     prediction is the classifier-free-guided ``pred_u + w (pred_c - pred_u)``
@@ -489,7 +494,26 @@ def noise_loss(
         both = torch.cat([uncond.expand(n, -1, -1), ctx])
         pred_u, pred_c = bundle.unet(torch.cat([xt, xt]), torch.cat([t, t]), encoder_hidden_states=both).sample.float().chunk(2)
         pred = pred_u + float(guidance) * (pred_c - pred_u)
-    return F.mse_loss(pred, denoising_target(bundle.scheduler, x0, noise, t).float(), reduction=reduction)
+    target = denoising_target(bundle.scheduler, x0, noise, t).float()
+    if snr_gamma is None:
+        return F.mse_loss(pred, target, reduction=reduction)
+    weight = min_snr_weight(bundle.scheduler, t, float(snr_gamma)).view(-1, *[1] * (pred.dim() - 1))
+    loss = weight * (pred - target) ** 2
+    return loss.mean() if reduction == "mean" else loss
+
+
+def min_snr_weight(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample Min-SNR-gamma weight for the scheduler's prediction type,
+    normalised so that the x0 error of a low-noise sample weighs 1."""
+    ac = scheduler.alphas_cumprod.to(t.device)[t].float()
+    snr = ac / (1 - ac)
+    w = torch.clamp(snr, max=gamma) / gamma
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return w / snr
+    if kind == "v_prediction":
+        return w / (snr + 1)
+    return w
 
 
 def to_model_space(bundle: T2IBundle, images_u8: torch.Tensor) -> torch.Tensor:
@@ -544,6 +568,7 @@ def train_tiny_t2i(
     oversample: dict | None = None,
     concepts: dict | None = None,
     matcher=None,
+    snr_gamma: float | None = None,
 ) -> dict:
     """Train the tiny pixel-space UNet on image-caption tars, conditioned on
     the (frozen) tiny CLIP's text tower; AdamW, warm-up then cosine.
@@ -551,7 +576,8 @@ def train_tiny_t2i(
     ``oversample`` ({domain: share}, e.g. ``{"styles": 0.35}``): that share of
     every batch is drawn from the pairs whose caption names one of the
     domain's ``concepts``, the rest from all pairs (absent: uniform batches,
-    as before the option)."""
+    as before the option). ``snr_gamma``: Min-SNR-gamma loss weights (see
+    :func:`noise_loss`; absent: the plain MSE, the default)."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     from .clip import load_clip, load_pairs
@@ -599,7 +625,7 @@ def train_tiny_t2i(
             yield x0, ctx.to(dev)
 
     train_steps(
-        opt, batches(), lambda batch: noise_loss(bundle, *batch, gen), on_step=bar,
+        opt, batches(), lambda batch: noise_loss(bundle, *batch, gen, snr_gamma=snr_gamma), on_step=bar,
         lr=lambda s: lr_at(s, lr=lr, total=steps, warmup_steps=warmup_steps, angle_first=True),
         grad_hook=lambda: torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0),
     )  # fmt: skip
@@ -620,6 +646,7 @@ def train_tiny_t2i(
             "cond_dropout": cond_dropout,
             "seed": seed,
             **({"oversample": {d: {"share": sh, "pairs": len(ix)} for d, (sh, ix) in pools.items()}} if pools else {}),
+            **({"snr_gamma": float(snr_gamma)} if snr_gamma is not None else {}),
             **bar.summary(dev, last=25),
         },
     }

@@ -352,6 +352,8 @@ def t2i_table(inp: dict, out: dict, params: dict) -> None:
     records = []
     for path in inp["records"]:
         r = read_json(path)
+        if "sampling" not in r:
+            raise InputFileError(path, "no 'sampling' entry (written before the sampler was recorded); rerun evaluate_t2i")
         r["method"] = "original" if r["method"] == "base" else r["method"]
         records.append(r)
     df = tables.t2i_table(records, params["costs"])
