@@ -54,11 +54,12 @@ def main(argv=None) -> int:
     ap.add_argument("--sampling", action="append", default=[], help="NAME=JSON overrides of t2i.sampling")
     ap.add_argument("--seeds", type=int, help="sampling seeds 0..N-1 (default: t2i.sampling.seeds)")
     ap.add_argument("--out", type=Path, default=Path("generator_variants.csv"))
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for training and sampling (the DAG's jobs: 1)")
     ap.add_argument("--keep", type=Path, help="save each variant's model in DIR/NAME (default: a scratch folder)")
     args = ap.parse_args(argv)
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     res = args.run / "results"
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     variants = dict(v.split("=", 1) for v in args.variant) or {"config": "{}"}
     scheds = dict(v.split("=", 1) for v in args.scheduler)
     samplings = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.sampling)} or {"config": {}}
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
             info = D.train_tiny_t2i(
                 [res / f"data/laion/{s}.tar" for s in cfg["data"]["shards"]], res / "models" / cfg["clip"]["name"], model_dir,
                 unet_cfg={**D.TINY_UNET, **(cfg["t2i"].get("unet_cfg") or {}), **train.get("unet_cfg", {})},
-                seed=cfg["seeds"]["train"], threads=1, oversample=train.get("oversample"), snr_gamma=train.get("snr_gamma"), concepts=concepts, matcher=lambda names: Matcher(names[0], aliases=list(names[1:])),
+                seed=cfg["seeds"]["train"], threads=args.threads, oversample=train.get("oversample"), snr_gamma=train.get("snr_gamma"), concepts=concepts, matcher=lambda names: Matcher(names[0], aliases=list(names[1:])),
                 **{k: train[k] for k in ("steps", "batch_size", "lr", "warmup_steps", "cond_dropout")},
             )  # fmt: skip
             judged(model_dir, {"variant": name, "train_s": round(time.time() - t0, 1), "final_loss": info["train"]["final_loss"]})
