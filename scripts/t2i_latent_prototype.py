@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +30,7 @@ def main(argv=None) -> int:
 
     from unlearnflow.models import diffusion as D
     from unlearnflow.models.clip import load_clip, load_pairs
-    from unlearnflow.training import lr_at
+    from unlearnflow.training import LossBar, lr_at, train_steps
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path)
@@ -50,32 +49,36 @@ def main(argv=None) -> int:
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
 
-    def schedule(opt, step, total, lr):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, lr=lr, total=total, warmup_steps=20, angle_first=True)
+    def fit(module, steps, lr, weight_decay, batches, loss_fn, desc):
+        """AdamW, warm-up then cosine, gradients clipped at 1: the tiny trainer's loop."""
+        opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+        bar = LossBar(steps, desc, every=100)
+        module.train()
+        train_steps(
+            opt, batches, loss_fn, on_step=bar,
+            lr=lambda s: lr_at(s, lr=lr, total=steps, warmup_steps=20, angle_first=True),
+            grad_hook=lambda: torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0),
+        )  # fmt: skip
+        bar.close()
+        module.eval()
+        return bar.summary("cpu")
 
     # 1. the autoencoder: L1 + MSE reconstruction, a light KL term
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
         block_out_channels=args.ae_channels, layers_per_block=1, latent_channels=4, norm_num_groups=16, sample_size=32,
     )  # fmt: skip
-    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
-    t0 = time.time()
-    for step in range(args.ae_steps):
-        x = x_all[torch.randint(0, len(x_all), (32,), generator=gen)]
+
+    def ae_loss(x):
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample(generator=gen)).sample
-        loss = F.mse_loss(rec, x) + F.l1_loss(rec, x) + 1e-4 * post.kl().mean() / x[0].numel()
-        schedule(opt, step, args.ae_steps, 2e-3)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-    vae.eval()
+        return F.mse_loss(rec, x) + F.l1_loss(rec, x) + 1e-4 * post.kl().mean() / x[0].numel()
+
+    ae_batches = (x_all[torch.randint(0, len(x_all), (32,), generator=gen)] for _ in range(args.ae_steps))
+    ae = fit(vae, args.ae_steps, 2e-3, 0.0, ae_batches, ae_loss, "train the autoencoder")
     with torch.no_grad():
         lat = torch.cat([vae.encode(x_all[i : i + 256]).latent_dist.mean for i in range(0, len(x_all), 256)])
     vae.register_to_config(scaling_factor=float(1 / lat.std()))
-    ae_s = time.time() - t0
     # 2. the UNet on the scaled latents (no clipping of x0: latents are not in [-1, 1])
     clip = load_clip(res / "models" / cfg["clip"]["name"])
     te, tok = D.hf_text_encoder_from_open_clip(clip.model, clip.tokenizer)
@@ -90,21 +93,16 @@ def main(argv=None) -> int:
     with torch.no_grad():
         states, empty = b.encode_prompts(caps), b.encode_prompts([""])
     z_all = lat * vae.config.scaling_factor
-    opt = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=0.01)
-    unet.train()
-    t0 = time.time()
-    for step in range(args.unet_steps):
-        idx = torch.randint(0, len(z_all), (32,), generator=gen)
-        ctx = states[idx].clone()
-        ctx[torch.rand(32, generator=gen) < 0.1] = empty
-        schedule(opt, step, args.unet_steps, 1e-3)
-        loss = D.noise_loss(b, z_all[idx], ctx, gen)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-    unet.eval()
-    info = {"source": "latent prototype (scripts/t2i_latent_prototype.py)", "ae_s": round(ae_s), "unet_s": round(time.time() - t0),
+
+    def unet_batches():
+        for _ in range(args.unet_steps):
+            idx = torch.randint(0, len(z_all), (32,), generator=gen)
+            ctx = states[idx].clone()
+            ctx[torch.rand(32, generator=gen) < 0.1] = empty
+            yield z_all[idx], ctx
+
+    un = fit(unet, args.unet_steps, 1e-3, 0.01, unet_batches(), lambda batch: D.noise_loss(b, *batch, gen), "train the latent UNet")
+    info = {"source": "latent prototype (scripts/t2i_latent_prototype.py)", "ae_s": ae["seconds"], "unet_s": un["seconds"],
             "parameters": {"vae": sum(p.numel() for p in vae.parameters()), "unet": sum(p.numel() for p in unet.parameters())}}  # fmt: skip
     D.save_t2i({"unet": unet, "scheduler": sched, "text_encoder": te, "tokenizer": tok, "vae": vae}, args.out, info)
     print(json.dumps(info))

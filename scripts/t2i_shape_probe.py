@@ -16,7 +16,6 @@ import argparse
 import re
 import shutil
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +29,7 @@ def main(argv=None) -> int:
 
     from unlearnflow.models import diffusion as D
     from unlearnflow.models.clip import load_pairs
-    from unlearnflow.training import lr_at
+    from unlearnflow.training import LossBar, lr_at, train_steps
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path)
@@ -57,23 +56,24 @@ def main(argv=None) -> int:
     gen = torch.Generator().manual_seed(1)
     opt = torch.optim.AdamW(b.unet.parameters(), lr=args.lr, weight_decay=0.01)
     b.unet.train().requires_grad_(True)
-    t0 = time.time()
-    for step in range(args.steps):
-        idx = torch.randint(0, len(caps), (32,), generator=gen)
-        ctx = states[idx].clone()
-        ctx[torch.rand(32, generator=gen) < 0.1] = empty
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, lr=args.lr, total=args.steps, warmup_steps=20, angle_first=True)
-        loss = D.noise_loss(b, D.to_model_space(b, images[idx]), ctx, gen)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(b.unet.parameters(), 1.0)
-        opt.step()
-        if step % 500 == 0:
-            print(f"step {step}: loss {float(loss):.4f}, {time.time() - t0:.0f} s", flush=True)
+
+    def batches():
+        for _ in range(args.steps):
+            idx = torch.randint(0, len(caps), (32,), generator=gen)
+            ctx = states[idx].clone()
+            ctx[torch.rand(32, generator=gen) < 0.1] = empty
+            yield D.to_model_space(b, images[idx]), ctx
+
+    bar = LossBar(args.steps, "shape probe", every=100)
+    train_steps(
+        opt, batches(), lambda batch: D.noise_loss(b, *batch, gen), on_step=bar,
+        lr=lambda s: lr_at(s, lr=args.lr, total=args.steps, warmup_steps=20, angle_first=True),
+        grad_hook=lambda: torch.nn.utils.clip_grad_norm_(b.unet.parameters(), 1.0),
+    )  # fmt: skip
+    bar.close()
     shutil.copytree(b.model_dir, args.out, dirs_exist_ok=True)
     b.unet.eval().save_pretrained(args.out / "unet")
-    print(f"wrote {args.out} ({time.time() - t0:.0f} s)")
+    print(f"wrote {args.out}: {bar.summary(b.device)}")
     return 0
 
 

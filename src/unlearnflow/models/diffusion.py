@@ -498,8 +498,8 @@ def noise_loss(
     if snr_gamma is None:
         return F.mse_loss(pred, target, reduction=reduction)
     weight = min_snr_weight(bundle.scheduler, t, float(snr_gamma)).view(-1, *[1] * (pred.dim() - 1))
-    loss = weight * (pred - target) ** 2
-    return loss.mean() if reduction == "mean" else loss
+    loss = weight * F.mse_loss(pred, target, reduction="none")
+    return {"mean": loss.mean, "sum": loss.sum}.get(reduction, lambda: loss)()
 
 
 def min_snr_weight(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
