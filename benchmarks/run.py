@@ -40,6 +40,7 @@ BENCHMARKS = {
     "t2i_cost": ("t2i_cost", "3d. text-to-image SLUG's total vs SalUn's, from the DAG's benchmark files"),
     "dag_overhead": ("dag_overhead", "4. no-op rerun of the default DAG; no torch in the DAG build"),
     "job_overhead": ("job_overhead", "4b. per-job start-up: job wall time minus its stage's time"),
+    "omp_wait": ("omp_wait", "4c. OpenMP wait policy: a 2-thread and a 1-thread UNet training step"),
     "end_to_end": ("end_to_end", "5. the default DAG from nothing (opt-in: --all or --only end_to_end)"),
     "scale_plan": ("scale_plan", "6. gradient files and stage memory for ViT-B-32 / L-14 / H-14"),
     "gpu_gradients": ("gpu_gradients", "7. gradient stage of ViT-B-32 on CUDA"),

@@ -11,6 +11,7 @@ import pkgutil
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -413,3 +414,23 @@ def test_jobs_run_the_library_of_their_own_checkout(repo_workflow):
     repo_workflow.run("results/data/mira_castell/summary.json", cfg=cfg)
     log = (repo_workflow.workdir / "logs/select_sets/mira_castell.log").read_text()
     assert "the copy ran" in log
+
+
+@pytest.mark.parametrize("threads, policy", [(1, "PASSIVE"), (2, None)])
+def test_a_job_waits_passively_only_when_it_has_one_thread(monkeypatch, threads, policy):
+    """stage.py: OMP_WAIT_POLICY=PASSIVE for a one-thread job (busy-waiting
+    threads slowed a job beside them 13x); a job given several threads owns
+    that many cores and keeps OpenMP's spinning default (passive waits made
+    its steps 1.6x slower: benchmarks/omp_wait.py); the thread variables
+    are the job's threads either way."""
+    import runpy
+    from types import SimpleNamespace
+
+    for var in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    stage = REPO / "workflow/scripts/stage.py"
+    job = SimpleNamespace(threads=threads, scriptdir=str(stage.parent))
+    runpy.run_path(str(stage), init_globals={"snakemake": job}, run_name="not_main")  # sets the variables, runs nothing
+    assert os.environ.get("OMP_WAIT_POLICY") == policy
+    assert os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == str(threads)

@@ -5,8 +5,13 @@ import sys
 from pathlib import Path
 
 # torch's OpenMP threads busy-wait by default: beside another job on the same
-# cores that made a training step 13x slower. Set before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# cores that made a training step 13x slower. A one-thread job has no team to
+# wait for; a job given several threads owns that many cores (Snakemake sums
+# threads to --cores), where passive waits made a text-to-image training step
+# 1.6x slower, no faster than one thread (benchmarks/omp_wait.py). Set
+# before torch is imported.
+if snakemake.threads == 1:  # noqa: F821
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Exactly the job's threads (torch reads these when it starts its pools), so
 # that jobs side by side never oversubscribe the cores Snakemake gave them.
 for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
