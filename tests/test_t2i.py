@@ -294,6 +294,30 @@ def test_oversampled_training_batches_hold_the_share_from_the_pool(clip_dir, tmp
     assert len(seen) == 6 and sum(seen) < 6 * 10 and "oversample" not in info["train"]
 
 
+def test_a_low_resolution_phase_comes_first_at_its_size_and_batch(clip_dir, tmp_path, monkeypatch):
+    """train_tiny_t2i(lowres=): its steps on downscaled pictures, its batch,
+    then the full-size steps; the record says so; bad settings name the key."""
+    from unlearnflow.models import clip as C
+
+    images = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8)
+    monkeypatch.setattr(C, "load_pairs", lambda tars, size: (images.clone(), ["a photo of a kite"] * 40))
+    seen, loss = [], D.noise_loss
+
+    def recording(bundle, x0, ctx, gen, **kw):
+        seen.append((tuple(x0.shape), len(ctx)))
+        return loss(bundle, x0, ctx, gen, **kw)
+
+    monkeypatch.setattr(D, "noise_loss", recording)
+    common = dict(unet_cfg=MICRO_UNET, steps=3, batch_size=4, lr=1e-3, warmup_steps=0, cond_dropout=0.0, seed=0, threads=1)
+    info = D.train_tiny_t2i([], clip_dir, tmp_path / "low", lowres={"steps": 2, "batch_size": 12, "size": 8}, **common)
+    # 8 px pictures space-to-depth'd by 2: 12 channels at 4 x 4; then 16 px at 8 x 8
+    assert seen == [((12, 12, 4, 4), 12)] * 2 + [((4, 12, 8, 8), 4)] * 3
+    assert info["train"]["lowres"] == {"steps": 2, "batch_size": 12, "size": 8} and info["train"]["steps"] == 3
+    for bad, match in [({"steps": 2, "batch": 8}, "unknown keys \\['batch'\\]"), ({"steps": 2, "batch_size": 8, "size": 16}, "size a multiple of 8 below the model's 16 px")]:
+        with pytest.raises(UnlearnflowError, match=f"lowres: .*{match}"):
+            D.train_tiny_t2i([], clip_dir, tmp_path / "bad", lowres=bad, **common)
+
+
 @pytest.mark.parametrize("prediction", ["sample", "epsilon", "v_prediction"])
 def test_min_snr_weights_cap_the_x0_error_weight_at_gamma(t2i_dir, prediction):
     """Hang et al.'s Min-SNR-gamma: in x0-error terms every prediction type

@@ -551,6 +551,19 @@ def oversample_pools(captions: Sequence[str], oversample: dict, concepts: dict, 
     return pools
 
 
+def _lowres_phase(lowres: dict | None, image_size: int) -> dict:
+    """``train_tiny_t2i``'s ``lowres`` checked: {"steps", "batch_size", "size"} (absent: no phase)."""
+    if not lowres:
+        return {"steps": 0}
+    unknown = set(lowres) - {"steps", "batch_size", "size"}
+    if unknown:
+        raise UnlearnflowError(f"lowres: unknown keys {sorted(unknown)}; known: steps, batch_size, size")
+    low = {"steps": int(lowres["steps"]), "batch_size": int(lowres["batch_size"]), "size": int(lowres.get("size", image_size // 2))}
+    if low["steps"] < 0 or low["batch_size"] < 1 or not 0 < low["size"] < image_size or low["size"] % 8:
+        raise UnlearnflowError(f"lowres: {lowres} must have steps >= 0, batch_size >= 1 and size a multiple of 8 below the model's {image_size} px")
+    return low
+
+
 def train_tiny_t2i(
     tars,
     clip_dir,
@@ -569,6 +582,7 @@ def train_tiny_t2i(
     concepts: dict | None = None,
     matcher=None,
     snr_gamma: float | None = None,
+    lowres: dict | None = None,
 ) -> dict:
     """Train the tiny pixel-space UNet on image-caption tars, conditioned on
     the (frozen) tiny CLIP's text tower; AdamW, warm-up then cosine.
@@ -577,7 +591,15 @@ def train_tiny_t2i(
     every batch is drawn from the pairs whose caption names one of the
     domain's ``concepts``, the rest from all pairs (absent: uniform batches,
     as before the option). ``snr_gamma``: Min-SNR-gamma loss weights (see
-    :func:`noise_loss`; absent: the plain MSE, the default)."""
+    :func:`noise_loss`; absent: the plain MSE, the default).
+
+    ``lowres`` ({"steps": N, "batch_size": B, "size": S}): first N steps on
+    the pictures downscaled to S pixels, B a batch (a convolutional UNet
+    denoises any size; a picture costs about (S / size)^2 as much, so the
+    same seconds show the model several times more pictures), then
+    ``steps`` steps at full size; one warm-up and cosine over both phases.
+    Not a config option: in the 8-minute bound it did not draw objects'
+    shapes better than full-size steps (docs/fidelity.md item 12)."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     from .clip import load_clip, load_pairs
@@ -594,6 +616,7 @@ def train_tiny_t2i(
     unet = UNet2DConditionModel(**unet_cfg).to(dev)
     scheduler = DDPMScheduler(**TINY_SCHEDULER)
     bundle = T2IBundle(unet, scheduler, text_encoder.to(dev), tokenizer, None, Path(out_dir), {"pixel_unshuffle": unshuffle})
+    low = _lowres_phase(lowres, bundle.image_size)  # checked before the pictures load
     images, captions = load_pairs(tars, bundle.image_size)
     with torch.no_grad():  # the text encoder is frozen: encode every caption once
         states = bundle.encode_prompts(captions).cpu()
@@ -605,28 +628,39 @@ def train_tiny_t2i(
     # pairs per pool in a batch; the uniform rest keeps the default's draws when there is no pool
     counts = [(int(round(batch_size * share)), idx) for share, idx in pools.values()]
     uniform = batch_size - sum(k for k, _ in counts)
+    total = steps + low["steps"]
 
     unet.train()
-    bar = LossBar(steps, "train tiny text-to-image UNet", every=25)
+    bar = LossBar(total, "train tiny text-to-image UNet", every=25)
+
+    def draw(idx: torch.Tensor, size: int | None = None):
+        """The batch of pairs ``idx``: mirrored at random, at ``size`` pixels
+        (None: the model's), the captions dropped at random."""
+        batch = x_all[idx]
+        flip = torch.rand(len(idx), generator=gen) < 0.5
+        batch[flip] = batch[flip].flip(-1)  # mirror pixels, before any space-to-depth
+        if size is None:
+            x0 = to_model_space(bundle, batch)
+        else:  # the low-resolution phase (pixel space only)
+            x0 = F.interpolate(batch.float() / 127.5 - 1, size=(size, size), mode="bicubic", antialias=True).clamp(-1, 1)
+            x0 = F.pixel_unshuffle(x0, unshuffle) if unshuffle > 1 else x0
+        ctx = states[idx].clone()
+        ctx[torch.rand(len(idx), generator=gen) < cond_dropout] = empty  # for classifier-free guidance
+        return x0, ctx.to(dev)
 
     def batches():
+        for _ in range(low["steps"]):
+            yield draw(torch.randint(0, n, (low["batch_size"],), generator=gen), low["size"])
         for _ in range(steps):
             idx = torch.randint(0, n, (uniform,), generator=gen)
             if counts:
                 picks = [pool[torch.randint(0, len(pool), (k,), generator=gen)] for k, pool in counts]
                 idx = torch.cat([*picks, idx])
-            batch = x_all[idx]
-            flip = torch.rand(batch_size, generator=gen) < 0.5
-            batch[flip] = batch[flip].flip(-1)  # mirror pixels, before any space-to-depth
-            x0 = to_model_space(bundle, batch)
-            ctx = states[idx].clone()
-            drop = torch.rand(batch_size, generator=gen) < cond_dropout  # for classifier-free guidance
-            ctx[drop] = empty
-            yield x0, ctx.to(dev)
+            yield draw(idx)
 
     train_steps(
         opt, batches(), lambda batch: noise_loss(bundle, *batch, gen, snr_gamma=snr_gamma), on_step=bar,
-        lr=lambda s: lr_at(s, lr=lr, total=steps, warmup_steps=warmup_steps, angle_first=True),
+        lr=lambda s: lr_at(s, lr=lr, total=total, warmup_steps=warmup_steps, angle_first=True),
         grad_hook=lambda: torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0),
     )  # fmt: skip
     bar.close()
@@ -647,6 +681,7 @@ def train_tiny_t2i(
             "seed": seed,
             **({"oversample": {d: {"share": sh, "pairs": len(ix)} for d, (sh, ix) in pools.items()}} if pools else {}),
             **({"snr_gamma": float(snr_gamma)} if snr_gamma is not None else {}),
+            **({"lowres": low} if low["steps"] else {}),
             **bar.summary(dev, last=25),
         },
     }
