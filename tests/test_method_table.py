@@ -111,7 +111,8 @@ def test_params_merge_and_unknown_names_are_errors_naming_the_key():
 def test_the_plan_wires_inputs_and_costs_from_the_table():
     plan = Plan(full_config())
     assert plan.params["clip"]["slug"] == mt.defaults("clip", "slug")  # config.yaml sets none
-    assert plan.params["t2i"]["slug"]["ua_target"] == 90.0  # a departure config.yaml states
+    assert plan.params["t2i"]["slug"]["layer_choice"] == "rank"  # a departure config.yaml states
+    assert plan.params["t2i"]["slug"]["ua_target"] == mt.defaults("t2i", "slug")["ua_target"] == 75.0
     assert plan.params["i2i"]["li_proxy"]["retain_set"] == "proxy"
     assert plan.method_inputs("clip", "slug", "kite") == {
         "grad_forget": "results/grads/tiny_clip/kite/forget.safetensors",
@@ -120,6 +121,16 @@ def test_the_plan_wires_inputs_and_costs_from_the_table():
     assert plan.method_inputs("clip", "salun", "kite") == {"mask": "results/masks/tiny_clip/kite/salun_0.5.safetensors"}
     assert plan.method_inputs("t2i", "salun", "vellum") == {"mask": "results/masks/tiny_t2i/vellum/unet_salun_0.5.safetensors"}
     assert plan.method_inputs("clip", "ga", "kite") == {} and plan.method_inputs("clip", "base", "kite") == {}
+    # text-to-image SLUG reads the judge only when its search judges with it (the default)
+    cfg = full_config()
+    cfg["t2i"]["methods"]["slug"]["criterion"] = "generate"
+    assert set(Plan(cfg).method_inputs("t2i", "slug", "vellum")) == {"grad_forget", "layers"}
+    assert plan.method_inputs("t2i", "slug", "vellum") == {
+        "grad_forget": "results/grads/tiny_clip/vellum/forget.safetensors",
+        "layers": "results/layers/tiny_clip/vellum.parquet",
+        "judge": "results/models/judge/tiny_judge/judge.json",
+        "judge_weights": "results/models/judge/tiny_judge/judge.safetensors",
+    }
     # SLUG's cost: both gradient passes (the shared retain set's, here) and the layer analysis
     assert [r for r, _ in plan.cost_jobs("clip", "slug", "kite")] == [
         "clip_gradients", "clip_gradients", "layer_analysis", "unlearn_clip",

@@ -550,15 +550,24 @@ def test_t2i_dag_end_to_end(workflow):
     # rerun generation and scoring, never the unlearning or the masks
     from test_workflow import job_counts
 
-    # and so does the judge (its own training reruns, no generation)
-    judge2 = {"judge": {**cfg["t2i"]["judge"], "train": {**cfg["t2i"]["judge"]["train"], "epochs": 2}}}
     for t2i in ({"sampling": {"steps": 3, "seeds": [0]}}, {"sampling": {"steps": 2, "seeds": [0, 1]}},
-                {"feature_net": {"kind": "clip", "arch": "x"}}, judge2):  # fmt: skip
+                {"feature_net": {"kind": "clip", "arch": "x"}}):  # fmt: skip
         cfg2 = copy.deepcopy(cfg)
         cfg2["t2i"].update(t2i)
         _, out = workflow.run("results/tables/t2i_unlearning.csv", "-n", cfg=cfg2)
         counts = job_counts(out)
         assert counts.get("evaluate_t2i") == 3 and not {"unlearn_t2i", "t2i_salun_masks", "pretrain_t2i"} & set(counts), (t2i, counts)
+    # a changed judge retrains and rescores everything; SLUG's search judges
+    # its probes with it (criterion judge, the default), so SLUG reruns too,
+    # SalUn not (with criterion generate the judge is no input of SLUG's:
+    # test_the_plan_wires_inputs_and_costs_from_the_table)
+    cfg2 = copy.deepcopy(cfg)
+    cfg2["t2i"]["judge"] = {**cfg["t2i"]["judge"], "train": {**cfg["t2i"]["judge"]["train"], "epochs": 2}}
+    _, out = workflow.run("results/tables/t2i_unlearning.csv", "-n", cfg=cfg2)
+    counts = job_counts(out)
+    assert counts.get("train_judge") == 1 and counts.get("evaluate_t2i") == 3, counts
+    assert counts.get("unlearn_t2i") == counts.get("generate_t2i") == 1 and not {"t2i_salun_masks", "pretrain_t2i"} & set(counts), counts
+    assert "results/unlearn_t2i/tiny_t2i/mira_castell/slug/info.json" in out
 
     # the robustness table: every attack on every model of both families
     cfg_att = copy.deepcopy(cfg)
@@ -694,6 +703,38 @@ def slug_search_ctx(clip_dir, t2i_dir, tmp_path):
         layers=tmp_path / "layers.parquet", val_sets={},
     )  # fmt: skip
     return theta0, ctx
+
+
+def test_slug_judge_criterion_scores_the_search_pictures_with_the_judge(clip_dir, t2i_dir, tmp_path, monkeypatch):
+    """criterion judge: the probe's UA / IRA come from the pipeline's judge
+    (as the reference's search uses UnlearnCanvas' classifier), not the CLIP;
+    without the judge's file the job names what is missing."""
+    from unlearnflow.metrics import judge as J
+    from unlearnflow.methods import t2i_slug
+
+    _, ctx = slug_search_ctx(clip_dir, t2i_dir, tmp_path)
+    ctx.concepts = {"identities": ["Mira Castell", "Bram Okafor", "Ines Duval"], "objects": ["kite"]}
+    monkeypatch.setattr(D, "generate", lambda bundle, prompts, seeds, **kw: torch.zeros(len(prompts), 3, 16, 16, dtype=torch.uint8))
+    classes = {"identity": ["Mira Castell", "Bram Okafor", "Ines Duval"], "object": ["kite", "ball"]}
+    says = {}  # what the fake judge answers per domain
+    judge = J.Judge("fake", "train", classes, lambda x, d: torch.full((len(x),), says[d], dtype=torch.long))
+    monkeypatch.setattr(J, "load_judge", lambda path, **kw: judge if Path(path) == tmp_path / "judge.json" else None)
+    net = lambda *a, **k: None  # noqa: E731
+    from unlearnflow.metrics import images as im
+
+    monkeypatch.setattr(im, "clip_score", lambda *a, **k: 50.0)
+    p = {**t2i_slug.DEFAULTS, "criterion": "judge", "search_seeds": [7], "probe_seeds": None, "probe_steps": None}
+    ctx.judge = tmp_path / "judge.json"
+    probe = t2i_slug.GeneratedProbe(ctx, None, net, p)
+    says.update(identity=1, object=0)  # every face read as Bram Okafor, every object as a kite
+    m = probe()
+    # forget: no picture read as Mira (UA 100); retain: Bram's right, Ines's wrong (IRA 50)
+    assert m["ua"] == 100.0 and m["ira"] == 50.0
+    says.update(identity=0)
+    assert probe()["ua"] == 0.0 and probe()["ira"] == 0.0
+    ctx.judge = None
+    with pytest.raises(UnlearnflowError, match="criterion judge needs the judge's judge.json"):
+        t2i_slug.GeneratedProbe(ctx, None, net, p)
 
 
 def test_slug_generate_search_keeps_theta0_when_the_base_already_forgets(clip_dir, t2i_dir, tmp_path, monkeypatch):

@@ -27,7 +27,8 @@ FAMILIES = ("clip", "t2i", "i2i")
 #   grad_forget  the target's forget gradient on the CLIP (clip_gradients)
 #   layers       the target's layer table on the CLIP (layer_analysis)
 #   mask         the family's SalUn saliency mask at the method's mask_fraction
-NEEDS = ("grad_forget", "layers", "mask")
+#   judge        the t2i judge (judge.json and weights), read only with criterion judge
+NEEDS = ("grad_forget", "layers", "mask", "judge")
 
 # The cost of a method beyond its own unlearning job: the jobs whose
 # benchmark adds to it, as "rule" or "rule:set" (clip_gradients runs per set).
@@ -160,7 +161,10 @@ TABLE: tuple[Method, ...] = (
         "slug",
         "unlearnflow.methods.t2i_slug",
         {
-            "criterion": "generate",
+            # the reference judges its probes with UnlearnCanvas' classifier, the
+            # network that scores the results: here the pipeline's judge
+            # (generate: the CLIP zero-shot, the old criterion; docs/fidelity.md 10)
+            "criterion": "judge",
             "max_layers": 1,  # the reference edits one text layer (clip/a6_uncanvas.py)
             "layer_choice": "deepest",  # the reference's: the deepest front layer
             "max_probes": 8,
@@ -181,7 +185,7 @@ TABLE: tuple[Method, ...] = (
             "clip_search": {k: v for k, v in SLUG.items() if k != "max_layers_per_tower"},
         },
         "SLUG on the text encoder: the CLIP's layer table and forget gradient, the step size searched by generating and judging",
-        needs=("grad_forget", "layers"),
+        needs=("grad_forget", "layers", "judge"),  # the judge only with criterion judge
         cost=SLUG_COST,
         extra={"nested": {"clip_search": ("clip", "slug")}},  # its keys: CLIP SLUG's params
     ),

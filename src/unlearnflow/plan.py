@@ -284,6 +284,9 @@ class Plan:
                 files[need] = layout.clip_mask(self.model, target, self.clip_mask_fraction(method))
             elif need == "mask" and family == "t2i":
                 files[need] = layout.t2i_mask(self.t2i, target, self.method_params("t2i", method)["mask_fraction"])
+            elif need == "judge" and family == "t2i":
+                if self.method_params("t2i", method).get("criterion") == "judge":  # SLUG's search by the judge
+                    files.update(self.judge_files())
             else:
                 raise ValueError(f"method {family}/{method} needs {need!r}, which the {family} branch does not make")
         return files

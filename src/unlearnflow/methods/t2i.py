@@ -26,4 +26,5 @@ class T2IContext:
     layers: Path | None = None
     mask: Path | None = None
     val_sets: dict | None = None  # {identities|objects|styles: {tar, classes}}
+    judge: Path | None = None  # the judge's judge.json (SLUG's criterion judge)
     seed: int = 0

@@ -5,13 +5,17 @@ The forget gradient and the layer table come from the CLIP whose text tower
 are the text tower's Pareto-front layers that the pipeline's text encoder
 uses (not ``text_projection``: Stable Diffusion conditions on token states).
 The step size is searched like SLUG's (grow x2 until the target is
-forgotten, then bisect), with one of two criteria:
+forgotten, then bisect), with one of three criteria:
 
-- ``generate`` (default): generate a few images from forget and retain
+- ``judge`` (default): generate a few images from forget and retain
   prompts with search seeds (disjoint from the evaluation seeds) and classify
-  them with the CLIP: forgets when UA >= ``ua_target``; within budget when IRA
+  them with the pipeline's judge (``t2i.judge``, the table's), as the
+  reference's UnlearnCanvas script judges its probes with UnlearnCanvas'
+  classifier: forgets when UA >= ``ua_target``; within budget when IRA
   drops by at most ``ira_budget`` points and the retain CLIP score keeps
   ``clip_score_ratio`` of the base model's;
+- ``generate``: the same search, the pictures classified zero-shot by the
+  CLIP (the criterion before the judge);
 - ``clip``: SLUG's own search on the CLIP's validation split, restricted to
   text layers (identity and object targets).
 
@@ -48,6 +52,7 @@ DEFAULTS = method_table.defaults("t2i", "slug")  # the one source: unlearnflow.m
 
 
 LAYER_CHOICES = ("deepest", "rank")
+CRITERIA = ("generate", "judge", "clip")
 
 
 def text_front_layers(table: pd.DataFrame, num_layers: int, max_layers: int, choice: str = "rank") -> list[str]:
@@ -89,6 +94,13 @@ class GeneratedProbe:
         self.classes = {d: read_json(ctx.val_sets[s]["classes"])["classes"] for d, s in
                         (("identity", "identities"), ("object", "objects"), ("style", "styles")) if s in ctx.val_sets}
         self.params = dict(ctx.bundle.text_encoder.named_parameters())
+        self.judge = None
+        if p["criterion"] == "judge":
+            from ..metrics.judge import load_judge
+
+            if ctx.judge is None:
+                raise UnlearnflowError("methods.slug (t2i): criterion judge needs the judge's judge.json, and this job has none")
+            self.judge = load_judge(ctx.judge, device=ctx.bundle.device, clip_bundle=clip_bundle)
 
         seeds = list(p["search_seeds"])
         n = len(seeds) if p.get("probe_seeds") is None else max(1, min(int(p["probe_seeds"]), len(seeds)))
@@ -123,8 +135,13 @@ class GeneratedProbe:
                     self.params[hf].copy_(t)
         import json
 
-        f_acc = accuracies(self.clip, f_img, [json.loads(v) for v in forget["labels"]], self.classes)
-        r_acc = accuracies(self.clip, r_img, [json.loads(v) for v in retain["labels"]], self.classes)
+        f_lab, r_lab = [json.loads(v) for v in forget["labels"]], [json.loads(v) for v in retain["labels"]]
+        if self.judge is not None:
+            from ..metrics.judge import correctness
+
+            f_acc, r_acc = correctness(self.judge, f_img, f_lab), correctness(self.judge, r_img, r_lab)
+        else:
+            f_acc, r_acc = accuracies(self.clip, f_img, f_lab, self.classes), accuracies(self.clip, r_img, r_lab, self.classes)
         return {
             "ua": 100.0 - _pct(f_acc[domain]),
             "ira": _pct(r_acc[domain]) if domain in r_acc else float("nan"),
@@ -218,7 +235,7 @@ def search_generated_front(probe: GeneratedProbe, layers: list[str], theta: dict
         raise UnlearnflowError("SLUG (t2i): every candidate layer has a zero gradient")
     best = min(usable, key=lambda o: (RANK[o["status"]], -o["metrics"]["ua"], -o["metrics"]["clip_score"]))
     layer, chosen = best["layer"], best
-    info = {"criterion": "generate", "base_search_metrics": base, "outcomes": outcomes,
+    info = {"criterion": p["criterion"], "base_search_metrics": base, "outcomes": outcomes,
             "probes_at": "the whole search set (the cheap probes' base already forgets)" if fell_back
             else "cheap probes, validated on the whole search set" if probe.cheap else "the whole search set"}
     if probe.cheap:
@@ -240,8 +257,8 @@ def run(ctx, params: dict):
     from ..models.clip import load_clip
 
     p = method_table.merge_params("t2i", "slug", params)  # an unknown key is an error
-    if p["criterion"] not in ("generate", "clip"):
-        raise UnlearnflowError(f"methods.slug (t2i): criterion {p['criterion']!r} is not one of generate, clip")
+    if p["criterion"] not in CRITERIA:
+        raise UnlearnflowError(f"methods.slug (t2i): criterion {p['criterion']!r} is not one of {', '.join(CRITERIA)}")
     grads, meta = load_gradients(ctx.grad_forget)
     clip_bundle = load_clip(ctx.clip_dir, device=ctx.bundle.device)
     want = ctx.bundle.info.get("text_encoder_fingerprint")
@@ -281,7 +298,7 @@ def run(ctx, params: dict):
             )
             layer, searched, trace = layers[0], [], pd.DataFrame()
             tensor = theta[layer].detach()
-            info = {"criterion": "generate", "layer": layer, "lambda": 0.0, "status": "base already forgets",
+            info = {"criterion": p["criterion"], "layer": layer, "lambda": 0.0, "status": "base already forgets",
                     "search_metrics": base, "base_search_metrics": base, "outcomes": [],
                     "why": f"the base model's UA on the search prompts ({base['ua']:.1f}) already meets "
                            f"ua_target ({p['ua_target']:g}): nothing to search, theta(0) kept"}

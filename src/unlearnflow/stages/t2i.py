@@ -194,6 +194,7 @@ def _t2i_context(bundle, inp: dict, params: dict):
         sampling={"guidance": float(params["guidance"])},
         clip_dir=Path(inp["clip_config"]).parent if inp.get("clip_config") else None,
         val_sets=_eval_sets(inp, "val"),
+        judge=Path(inp["judge"]) if inp.get("judge") else None,
         **context_fields(inp, params),
     )
 
