@@ -85,7 +85,7 @@ class GeneratedProbe:
         from ..generate import prompt_sets
         from ..io import read_json
 
-        self.ctx, self.clip, self.net, self.p = ctx, clip_bundle, net, p
+        self.ctx, self.net, self.p = ctx, net, p
         sets = prompt_sets(ctx.target, ctx.concepts, seeds=list(p["search_seeds"]))
         retain = sets["retain"]
         keep = retain["prompt"].drop_duplicates().iloc[:: max(1, math.ceil(retain["prompt"].nunique() / p["max_retain_prompts"]))]
@@ -94,13 +94,14 @@ class GeneratedProbe:
         self.classes = {d: read_json(ctx.val_sets[s]["classes"])["classes"] for d, s in
                         (("identity", "identities"), ("object", "objects"), ("style", "styles")) if s in ctx.val_sets}
         self.params = dict(ctx.bundle.text_encoder.named_parameters())
-        self.judge = None
-        if p["criterion"] == "judge":
-            from ..metrics.judge import load_judge
+        from ..metrics.judge import clip_judge, load_judge
 
+        if p["criterion"] == "judge":
             if ctx.judge is None:
                 raise UnlearnflowError("methods.slug (t2i): criterion judge needs the judge's judge.json, and this job has none")
             self.judge = load_judge(ctx.judge, device=ctx.bundle.device, clip_bundle=clip_bundle)
+        else:  # generate: the CLIP zero-shot over the validation sets' classes
+            self.judge = clip_judge(clip_bundle, self.classes)
 
         seeds = list(p["search_seeds"])
         n = len(seeds) if p.get("probe_seeds") is None else max(1, min(int(p["probe_seeds"]), len(seeds)))
@@ -111,7 +112,8 @@ class GeneratedProbe:
 
     def __call__(self, name: str | None = None, tensor: torch.Tensor | None = None, full: bool = True) -> dict:
         from ..metrics import images as im
-        from ..metrics.t2i_eval import _pct, accuracies
+        from ..metrics.judge import correctness
+        from ..metrics.t2i_eval import _pct
         from ..models.diffusion import generate, hf_prefix, open_clip_to_hf
 
         b, domain = self.ctx.bundle, self.ctx.target["kind"]
@@ -135,13 +137,8 @@ class GeneratedProbe:
                     self.params[hf].copy_(t)
         import json
 
-        f_lab, r_lab = [json.loads(v) for v in forget["labels"]], [json.loads(v) for v in retain["labels"]]
-        if self.judge is not None:
-            from ..metrics.judge import correctness
-
-            f_acc, r_acc = correctness(self.judge, f_img, f_lab), correctness(self.judge, r_img, r_lab)
-        else:
-            f_acc, r_acc = accuracies(self.clip, f_img, f_lab, self.classes), accuracies(self.clip, r_img, r_lab, self.classes)
+        f_acc = correctness(self.judge, f_img, [json.loads(v) for v in forget["labels"]])
+        r_acc = correctness(self.judge, r_img, [json.loads(v) for v in retain["labels"]])
         return {
             "ua": 100.0 - _pct(f_acc[domain]),
             "ira": _pct(r_acc[domain]) if domain in r_acc else float("nan"),

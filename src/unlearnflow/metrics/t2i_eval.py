@@ -51,15 +51,6 @@ def zero_shot(clip_bundle, images_u8: torch.Tensor, classes: list[str], template
     return (feats @ weights).argmax(dim=1)
 
 
-def accuracies(clip_bundle, images_u8: torch.Tensor, labels: list[dict], classes: dict[str, list[str]]) -> dict:
-    """{domain: per-image correctness (NaN where the label does not name the
-    domain)} under zero-shot classification with a CLIP (the SLUG search's
-    own criterion, never the judge of the table)."""
-    from .judge import clip_judge, correctness
-
-    return correctness(clip_judge(clip_bundle, classes), images_u8, labels)
-
-
 def _pct(values: np.ndarray) -> float:
     values = values[~np.isnan(values)]
     return float(100.0 * values.mean()) if len(values) else float("nan")

@@ -516,10 +516,11 @@ def min_snr_weight(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
     return w
 
 
-def to_model_space(bundle: T2IBundle, images_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> what the UNet denoises ([-1, 1] pixels, or VAE latents)."""
+def to_model_space(bundle: T2IBundle, images_u8: torch.Tensor, size: int | None = None) -> torch.Tensor:
+    """uint8 images -> what the UNet denoises ([-1, 1] pixels, or VAE latents),
+    resized to ``size`` pixels first (None: the model's)."""
     x = images_u8.float().to(bundle.device) / 127.5 - 1
-    size = bundle.image_size
+    size = size or bundle.image_size
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True).clamp(-1, 1)
     if bundle.vae is not None:
@@ -639,11 +640,7 @@ def train_tiny_t2i(
         batch = x_all[idx]
         flip = torch.rand(len(idx), generator=gen) < 0.5
         batch[flip] = batch[flip].flip(-1)  # mirror pixels, before any space-to-depth
-        if size is None:
-            x0 = to_model_space(bundle, batch)
-        else:  # the low-resolution phase (pixel space only)
-            x0 = F.interpolate(batch.float() / 127.5 - 1, size=(size, size), mode="bicubic", antialias=True).clamp(-1, 1)
-            x0 = F.pixel_unshuffle(x0, unshuffle) if unshuffle > 1 else x0
+        x0 = to_model_space(bundle, batch, size)
         ctx = states[idx].clone()
         ctx[torch.rand(len(idx), generator=gen) < cond_dropout] = empty  # for classifier-free guidance
         return x0, ctx.to(dev)
