@@ -113,6 +113,16 @@ def test_the_plan_wires_inputs_and_costs_from_the_table():
     assert plan.params["clip"]["slug"] == mt.defaults("clip", "slug")  # config.yaml sets none
     assert plan.params["t2i"]["slug"]["layer_choice"] == "rank"  # a departure config.yaml states
     assert plan.params["t2i"]["slug"]["ua_target"] == mt.defaults("t2i", "slug")["ua_target"] == 75.0
+    # SLUG's probes are drawn as the evaluation draws (config.yaml: DDPM), and
+    # the job's params say so: another evaluation sampler reruns the search
+    assert mt.defaults("t2i", "slug")["search_sampler"] is None
+    assert plan.params["t2i"]["slug"]["search_sampler"] == plan.method_params("t2i", "slug")["search_sampler"] == "ddpm"
+    cfg = full_config()
+    del cfg["t2i"]["sampling"]["sampler"]
+    assert Plan(cfg).params["t2i"]["slug"]["search_sampler"] == "ddim"  # absent: the evaluation's DDIM
+    cfg["t2i"]["methods"]["slug"]["search_sampler"] = "ddpm"
+    assert Plan(cfg).params["t2i"]["slug"]["search_sampler"] == "ddpm"  # named: kept
+    assert "search_sampler" not in plan.params["t2i"]["salun"]
     assert plan.params["i2i"]["li_proxy"]["retain_set"] == "proxy"
     assert plan.method_inputs("clip", "slug", "kite") == {
         "grad_forget": "results/grads/tiny_clip/kite/forget.safetensors",

@@ -536,9 +536,10 @@ def test_t2i_dag_end_to_end(workflow):
     assert record["ua"] == pytest.approx(100 - 100 * forget["correct"].mean())
     caption = (res / "tables/t2i_unlearning.md").read_text().splitlines()[0]
     assert "train judge tiny_judge (held-out accuracy %: identity" in caption
-    # and how the pictures were drawn: the sampler each generation job recorded
-    assert "pictures by DDIM (deterministic), 2 steps, guidance 3, seeds 0 (1 per prompt)" in caption
-    assert record["sampling"] == {"sampler": "ddim", "steps": 2, "guidance": 3.0, "seeds": [0]}
+    # and how the pictures were drawn: the sampler each generation job
+    # recorded (config.yaml's DDPM; the test sets steps and seeds only)
+    assert "pictures by DDPM (ancestral), 2 steps, guidance 3, seeds 0 (1 per prompt)" in caption
+    assert record["sampling"] == {"sampler": "ddpm", "steps": 2, "guidance": 3.0, "seeds": [0]}
     assert (res / "generate/tiny_t2i/mira_castell/compare.png").stat().st_size > 1000
     provenance = json.loads((res / "tables/t2i_unlearning.provenance.json").read_text())
     for _, row in table.iterrows():
@@ -737,6 +738,43 @@ def test_slug_judge_criterion_scores_the_search_pictures_with_the_judge(clip_dir
         t2i_slug.GeneratedProbe(ctx, None, net, p)
 
 
+def test_slug_probes_are_drawn_with_the_search_sampler(clip_dir, t2i_dir, tmp_path, monkeypatch):
+    """search_sampler is the probes' sampler, cheap probes and the whole set
+    alike: null (the default) the evaluation's, or ddim / ddpm by name; a
+    sampler generate does not offer is an error naming it."""
+    from unlearnflow.metrics import images as im
+    from unlearnflow.metrics import judge as J
+    from unlearnflow.methods import t2i_slug
+
+    _, ctx = slug_search_ctx(clip_dir, t2i_dir, tmp_path)
+    ctx.concepts = {"identities": ["Mira Castell", "Bram Okafor"], "objects": ["kite"]}
+    ctx.judge = tmp_path / "judge.json"
+    seen = []
+
+    def fake_generate(bundle, prompts, seeds, **kw):
+        seen.append((kw["sampler"], kw["steps"], sorted(set(seeds))))
+        return torch.zeros(len(prompts), 3, 16, 16, dtype=torch.uint8)
+
+    monkeypatch.setattr(D, "generate", fake_generate)
+    classes = {"identity": ["Mira Castell", "Bram Okafor"], "object": ["kite"]}
+    judge = J.Judge("fake", "train", classes, lambda x, d: torch.zeros(len(x), dtype=torch.long))
+    monkeypatch.setattr(J, "load_judge", lambda path, **kw: judge)
+    monkeypatch.setattr(im, "clip_score", lambda *a, **k: 50.0)
+    p = {**t2i_slug.DEFAULTS, "search_seeds": [7, 8], "probe_seeds": 1, "probe_steps": 2, "search_steps": 3}
+    # null (the default): the context's sampler, DDIM where it names none
+    for given, context, sampler in ((None, {}, "ddim"), (None, {"sampler": "ddpm"}, "ddpm"),
+                                    ("ddim", {"sampler": "ddpm"}, "ddim"), ("ddpm", {}, "ddpm")):  # fmt: skip
+        seen.clear()
+        ctx.sampling = {"guidance": 3.0, **context}
+        probe = t2i_slug.GeneratedProbe(ctx, None, None, {**p, "search_sampler": given})
+        probe(full=False)
+        probe()
+        # forget and retain pictures: two calls per probe
+        assert seen == [(sampler, 2, [7])] * 2 + [(sampler, 3, [7, 8])] * 2, (given, context)
+    with pytest.raises(UnlearnflowError, match=r"search_sampler 'euler' is not one of \['ddim', 'ddpm'\]"):
+        t2i_slug.GeneratedProbe(ctx, None, None, {**p, "search_sampler": "euler"})
+
+
 def test_slug_generate_search_keeps_theta0_when_the_base_already_forgets(clip_dir, t2i_dir, tmp_path, monkeypatch):
     """If the base model already meets ua_target on the search prompts, the
     search has nothing to find: SLUG says so and stores theta(0) (an exact
@@ -829,7 +867,6 @@ def test_slug_generate_search_falls_back_to_the_whole_set_when_the_cheap_base_fo
     would shrink the step toward 0: the search runs at the whole set then."""
     from unlearnflow.methods import t2i_slug
 
-    name = SLUG_LAYER
     theta0, ctx = slug_search_ctx(clip_dir, t2i_dir, tmp_path)
     calls = []
 

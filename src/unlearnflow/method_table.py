@@ -176,6 +176,10 @@ TABLE: tuple[Method, ...] = (
             "search_seeds": [1000, 1001],
             "max_retain_prompts": 12,
             "search_steps": 15,
+            # the probes' sampler: null, the evaluation's (t2i.sampling.sampler),
+            # as the reference probes with its evaluation's pipeline; or ddim /
+            # ddpm (DDIM probes misread a DDPM-sampled model: docs/fidelity.md 10)
+            "search_sampler": None,
             # cheap probes, then the chosen step validated on the whole search set
             "probe_seeds": 2,
             "probe_steps": 8,

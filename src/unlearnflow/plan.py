@@ -125,7 +125,7 @@ class Plan:
         self.params = {
             "clip": {m: mt.merge_params("clip", m, c["methods"].get(m), f"methods.{m}") for m in self.methods},
             "t2i": {
-                m: mt.merge_params("t2i", m, c["t2i"]["methods"].get(m), f"t2i.methods.{m}") for m in self.t2i_methods
+                m: self._t2i_params(m, c["t2i"]["methods"].get(m)) for m in self.t2i_methods
             },
             "i2i": {
                 m: mt.merge_params("i2i", m, self.i2i["methods"].get(m), f"i2i.methods.{m}") for m in self.i2i_methods
@@ -260,8 +260,21 @@ class Plan:
         if method in self.params[family]:
             return dict(self.params[family][method])
         given = {"clip": self.config["methods"], "t2i": self.config["t2i"]["methods"], "i2i": self.i2i["methods"]}
-        where = {"clip": "methods", "t2i": "t2i.methods", "i2i": "i2i.methods"}[family]
+        if family == "t2i":
+            return self._t2i_params(method, (given[family] or {}).get(method))
+        where = {"clip": "methods", "i2i": "i2i.methods"}[family]
         return mt.merge_params(family, method, (given[family] or {}).get(method), f"{where}.{method}")
+
+    def _t2i_params(self, method: str, given: dict | None) -> dict:
+        """A text-to-image method's params; a search sampler left null is the
+        evaluation's (``t2i.sampling.sampler``), stated in the job's params so
+        that changing the evaluation's sampler reruns the search."""
+        p = mt.merge_params("t2i", method, given, f"t2i.methods.{method}")
+        if "search_sampler" in p and p["search_sampler"] is None:
+            # absent, the evaluation samples with DDIM (models.diffusion.SAMPLERS[0];
+            # plan stays free of torch)
+            p["search_sampler"] = self.config["t2i"]["sampling"].get("sampler", "ddim")
+        return p
 
     def clip_mask_fraction(self, method: str = "salun") -> float:
         f = float(self.method_params("clip", method)["mask_fraction"])

@@ -28,6 +28,10 @@ ATTACKS = P.attacks
 REPORT_TABLES = P.report_tables()
 # CPU threads of every torch job (config `threads`; profiles raise it per rule)
 THREADS = config["threads"]
+# The generator's pretraining, the DAG's longest job, takes two threads
+# (1.5x faster per step than one, benchmarks/run.py --only omp_wait);
+# Snakemake lowers a job's threads to --cores, and --set-threads overrides.
+PRETRAIN_T2I_THREADS = max(THREADS, 2)
 # The diffusion chain (training, masks, unlearning, generation, scoring) is
 # the longest of the default DAG: scheduled before other ready jobs, it does
 # not end the run alone on one core while the other idles.

@@ -22,7 +22,7 @@ if config["t2i"]["source"] == "train":
         priority: T2I_PRIORITY
         conda:
             "../../envs/torch.yaml"
-        threads: THREADS
+        threads: PRETRAIN_T2I_THREADS
         resources:
             mem_mb=6000,
             runtime=60,

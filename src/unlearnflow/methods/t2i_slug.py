@@ -25,7 +25,9 @@ whole search set (every search seed, ``search_steps``): if it does not
 forget there, or forgets over budget, up to ``max_refine`` more probes at
 the whole set continue the same grow/bisect search from the cheap search's
 bracket. ``probe_seeds: null`` and ``probe_steps: null`` probe with the
-whole set (the search as it was, no validation needed).
+whole set (the search as it was, no validation needed). Probes are drawn
+with ``search_sampler``: the evaluation's sampler by default (the reference
+probes with its evaluation's pipeline), or ``ddim`` / ``ddpm`` by name.
 
 The delta is the one edited tensor, in open_clip's name; loading maps it onto
 the text encoder (three tensors when open_clip fuses q, k, v).
@@ -42,6 +44,7 @@ import torch
 
 from .. import method_table
 from ..io import UnlearnflowError
+from ..models.diffusion import SAMPLERS
 from ..training import step_size_search
 from . import MethodResult
 from .slug import SearchState, edited, front_layers
@@ -106,6 +109,11 @@ class GeneratedProbe:
         seeds = list(p["search_seeds"])
         n = len(seeds) if p.get("probe_seeds") is None else max(1, min(int(p["probe_seeds"]), len(seeds)))
         self.steps = {"full": int(p["search_steps"]), "probe": int(p.get("probe_steps") or p["search_steps"])}
+        # null: the evaluation's sampler, as far as the caller's context names
+        # one (the pipeline's plan fills it in, so the job's params state it)
+        self.sampler = p["search_sampler"] or ctx.sampling.get("sampler", SAMPLERS[0])
+        if self.sampler not in SAMPLERS:
+            raise UnlearnflowError(f"methods.slug (t2i): search_sampler {self.sampler!r} is not one of {list(SAMPLERS)}")
         self.seeds = {"full": seeds, "probe": seeds[:n]}
         # the cheap probe is the whole set itself: no validation needed then
         self.cheap = self.seeds["probe"] != seeds or self.steps["probe"] != self.steps["full"]
@@ -128,7 +136,7 @@ class GeneratedProbe:
                 with torch.no_grad():
                     self.params[hf].copy_(t)
         try:
-            s = {"steps": self.steps[which], "guidance": self.ctx.sampling["guidance"]}
+            s = {"steps": self.steps[which], "guidance": self.ctx.sampling["guidance"], "sampler": self.sampler}
             f_img = generate(b, list(forget["prompt"]), list(forget["seed"]), **s)
             r_img = generate(b, list(retain["prompt"]), list(retain["seed"]), **s)
         finally:
