@@ -123,13 +123,9 @@ class Plan:
                 mt.merge_params(family, m, params, f"{where}.{m}")
         # every method's params: its table defaults, then the config's
         self.params = {
-            "clip": {m: mt.merge_params("clip", m, c["methods"].get(m), f"methods.{m}") for m in self.methods},
-            "t2i": {
-                m: self._t2i_params(m, c["t2i"]["methods"].get(m)) for m in self.t2i_methods
-            },
-            "i2i": {
-                m: mt.merge_params("i2i", m, self.i2i["methods"].get(m), f"i2i.methods.{m}") for m in self.i2i_methods
-            },
+            "clip": {m: self._merged("clip", m, c["methods"].get(m)) for m in self.methods},
+            "t2i": {m: self._merged("t2i", m, c["t2i"]["methods"].get(m)) for m in self.t2i_methods},
+            "i2i": {m: self._merged("i2i", m, self.i2i["methods"].get(m)) for m in self.i2i_methods},
         }
         self.check()
 
@@ -260,17 +256,16 @@ class Plan:
         if method in self.params[family]:
             return dict(self.params[family][method])
         given = {"clip": self.config["methods"], "t2i": self.config["t2i"]["methods"], "i2i": self.i2i["methods"]}
-        if family == "t2i":
-            return self._t2i_params(method, (given[family] or {}).get(method))
-        where = {"clip": "methods", "i2i": "i2i.methods"}[family]
-        return mt.merge_params(family, method, (given[family] or {}).get(method), f"{where}.{method}")
+        return self._merged(family, method, (given[family] or {}).get(method))
 
-    def _t2i_params(self, method: str, given: dict | None) -> dict:
-        """A text-to-image method's params; a search sampler left null is the
-        evaluation's (``t2i.sampling.sampler``), stated in the job's params so
-        that changing the evaluation's sampler reruns the search."""
-        p = mt.merge_params("t2i", method, given, f"t2i.methods.{method}")
-        if "search_sampler" in p and p["search_sampler"] is None:
+    def _merged(self, family: str, method: str, given: dict | None) -> dict:
+        """A method's params: its table defaults, then the config's. A text-to-
+        image search sampler left null is the evaluation's
+        (``t2i.sampling.sampler``), stated in the job's params so that changing
+        the evaluation's sampler reruns the search."""
+        where = {"clip": "methods", "t2i": "t2i.methods", "i2i": "i2i.methods"}[family]
+        p = mt.merge_params(family, method, given, f"{where}.{method}")
+        if family == "t2i" and "search_sampler" in p and p["search_sampler"] is None:
             # absent, the evaluation samples with DDIM (models.diffusion.SAMPLERS[0];
             # plan stays free of torch)
             p["search_sampler"] = self.config["t2i"]["sampling"].get("sampler", "ddim")
