@@ -513,9 +513,12 @@ def test_t2i_dag_end_to_end(workflow):
     table = pd.read_csv(res / "tables/t2i_unlearning.csv")
     assert list(table.columns) == [
         "target", "method", "ua", "ira", "cra", "fid", "kid", "is", "clip_score",
-        "seconds", "peak_mem_mb", "storage_mb", "feature_net", "provenance",
+        "seconds", "peak_mem_mb", "storage_mb", "feature_net", "search", "provenance",
     ]  # fmt: skip
     assert set(table["method"]) == {"original", "slug", "salun"}
+    slug_info = json.loads((res / "unlearn_t2i/tiny_t2i/mira_castell/slug/info.json").read_text())
+    verdicts = table.set_index("method")["search"]
+    assert verdicts["slug"] == slug_info["status"] and verdicts.drop("slug").isna().all()
     assert table["fid"].notna().all() and (table["ua"].between(0, 100)).all()
     assert (table.loc[table["method"] != "original", "storage_mb"] > 0).all()
     assert len(load_file(res / "unlearn_t2i/tiny_t2i/mira_castell/slug/delta.safetensors")) == 1
@@ -536,6 +539,8 @@ def test_t2i_dag_end_to_end(workflow):
     assert record["ua"] == pytest.approx(100 - 100 * forget["correct"].mean())
     caption = (res / "tables/t2i_unlearning.md").read_text().splitlines()[0]
     assert "train judge tiny_judge (held-out accuracy %: identity" in caption
+    # a search that missed its own criterion is named in the caption
+    assert (f"mira_castell slug: {slug_info['status']}" in caption) == (slug_info["status"] != "forgets within budget")
     # and how the pictures were drawn: the sampler each generation job
     # recorded (config.yaml's DDPM; the test sets steps and seeds only)
     assert "pictures by DDPM (ancestral), 2 steps, guidance 3, seeds 0 (1 per prompt)" in caption

@@ -224,8 +224,16 @@ def test_clip_dag_end_to_end_all_methods(repo_workflow):
     res = workflow.workdir / "results"
     table = pd.read_csv(res / "tables/clip_unlearning.csv")
     assert list(table.columns) == [
-        "target", "method", "fa1", "fa5", "identity_acc1", "test_acc1", "mia", "seconds", "peak_mem_mb", "provenance",
+        "target", "method", "fa1", "fa5", "identity_acc1", "test_acc1", "mia", "seconds", "peak_mem_mb", "search", "provenance",
     ]  # fmt: skip
+    # the searching methods' own verdicts, read from their info.json; blank
+    # for the methods that search nothing and for the mean rows
+    mira = table[table["target"] == "mira_castell"].set_index("method")
+    for m in ("slug", "ssd"):
+        info = json.loads((res / f"unlearn/tiny_clip/mira_castell/{m}/info.json").read_text())
+        assert mira.loc[m, "search"] == info["status"], m
+    assert mira.drop(index=["slug", "ssd"])["search"].isna().all()
+    assert table.loc[table["target"] == "mean", "search"].isna().all()
     # every row, mean rows included, resolves to what produced it
     index = json.loads((res / "provenance.json").read_text())
     for _, row in table.iterrows():

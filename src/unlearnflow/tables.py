@@ -17,8 +17,27 @@ from . import provenance
 from .io import InputFileError, atomic_path, write_json
 
 # every results table ends with `provenance`: the id of the record that made
-# the row (results/provenance.json; a mean row: the ids it averages)
-CLIP_COLUMNS = ["target", "method", "fa1", "fa5", "identity_acc1", "test_acc1", "mia", "seconds", "peak_mem_mb", "provenance"]
+# the row (results/provenance.json; a mean row: the ids it averages), after
+# `search`: the method's own search verdict (its info.json `status`; blank for
+# a method that searches nothing)
+CLIP_COLUMNS = ["target", "method", "fa1", "fa5", "identity_acc1", "test_acc1", "mia", "seconds", "peak_mem_mb", "search", "provenance"]
+MET = ("forgets within budget", "fixed lambda")  # verdicts that meet the method's own criterion
+
+
+def search_caption(df: pd.DataFrame) -> str:
+    """A caption sentence naming the rows whose method's own search did not
+    meet its criterion (on its search split, not the table's): their numbers
+    are the search's fallback, and a reader should know it. "" if none."""
+    if "search" not in df.columns:
+        return ""
+    bad = df[df["search"].notna() & ~df["search"].isin(MET) & (df["target"] != "mean")]
+    if bad.empty:
+        return ""
+    rows = "; ".join(f"{r.target} {r.method}: {r.search}" for r in bad.itertuples())
+    return (
+        f" Search verdicts that miss the method's own criterion ({rows}): no step size forgot within its retain "
+        "budget on the search split, so the row is the search's fallback (info.json, search.parquet)."
+    )
 
 
 def read_benchmark(path) -> dict:
@@ -78,7 +97,8 @@ def clip_table(records: list[dict], costs: dict) -> pd.DataFrame:
             aggregates[pid] = rec
         ids.append(pid)
     mean["provenance"] = ids
-    out = pd.concat([df, mean[columns]], ignore_index=True)
+    # a mean row has no verdict of its own (non-numeric columns are blank there)
+    out = pd.concat([df, mean.reindex(columns=columns)], ignore_index=True)
     out.attrs["provenance"] = aggregates
     return out
 
@@ -94,6 +114,9 @@ def seed_summary(df: pd.DataFrame) -> pd.DataFrame:
         n = len(g)
         row = {"target": target, "method": method, "n": n}
         for m in metrics:
+            if m == "search":  # a verdict per seed: the distinct ones
+                row[m] = "; ".join(dict.fromkeys(str(v) for v in g[m] if isinstance(v, str))) or None
+                continue
             values = pd.to_numeric(g[m], errors="coerce")
             mean = values.mean()
             row[m] = f"{mean:.2f}" if n == 1 or pd.isna(mean) else f"{mean:.2f} ± {values.std(ddof=1):.2f}"
@@ -129,7 +152,7 @@ def write_provenance(path, records: list[dict], df: pd.DataFrame, view: pd.DataF
     write_json(path, {pid: known[pid] for pid in dict.fromkeys(df["provenance"])})
 
 
-T2I_COLUMNS = ["target", "method", "ua", "ira", "cra", "fid", "kid", "is", "clip_score", "seconds", "peak_mem_mb", "storage_mb", "feature_net", "provenance"]
+T2I_COLUMNS = ["target", "method", "ua", "ira", "cra", "fid", "kid", "is", "clip_score", "seconds", "peak_mem_mb", "storage_mb", "feature_net", "search", "provenance"]
 
 
 def t2i_table(records: list[dict], costs: dict) -> pd.DataFrame:

@@ -170,6 +170,15 @@ def clip_delta_input(wildcards):
     return {"delta": layout.delta(run)}
 
 
+def clip_eval_inputs(wildcards):
+    """The delta and the run's record (its search verdict, for the table); none
+    for the base model. ``run_info``: ``info`` is the model's own record."""
+    if wildcards.method == "base":
+        return {}
+    run = layout.clip_run(wildcards.model, wildcards.target, wildcards.method)
+    return {"delta": layout.delta(run), "run_info": f"{run}/info.json"}
+
+
 def t2i_delta_inputs(wildcards):
     if wildcards.method == "base":
         return {}

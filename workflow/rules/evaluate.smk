@@ -3,7 +3,7 @@
 
 rule evaluate_clip:
     input:
-        unpack(clip_delta_input),
+        unpack(clip_eval_inputs),
         unpack(style_eval_files("test")),
         **model_files(),
         **eval_set_files("test"),

@@ -15,7 +15,7 @@ def evaluate_clip(inp: dict, out: dict, params: dict) -> None:
     import torch
 
     from .. import provenance
-    from ..io import write_json
+    from ..io import read_json, write_json
     from ..metrics.clip_eval import METRICS, EvalSuite, eval_sets_from
     from ..metrics.mia import encode_pairs, mia_accuracy
     from ..models.clip import load_clip, resolve_device
@@ -49,6 +49,8 @@ def evaluate_clip(inp: dict, out: dict, params: dict) -> None:
         seed=params.get("seed"),
         model_fingerprint=bundle.info.get("fingerprint", ""),
         delta=str(inp.get("delta") or ""),
+        # the method's own search verdict, so a table row can say it missed
+        search=read_json(inp["run_info"]).get("status") if inp.get("run_info") else None,
     )
     prov = provenance.evaluation_record(
         model_fingerprint=bundle.info.get("fingerprint", ""),

@@ -300,7 +300,9 @@ def evaluate_t2i(inp: dict, out: dict, params: dict) -> None:
     how = sampling_of(prompts, inp["prompts"])
     record.update(target=params["target"]["id"], method=params["method"], sampling=how)
     if inp.get("info"):
-        record["method_seconds"] = read_json(inp["info"]).get("seconds")
+        info = read_json(inp["info"])
+        record["method_seconds"] = info.get("seconds")
+        record["search"] = info.get("status")  # the method's own search verdict (SLUG's)
     if inp.get("delta"):
         record["storage_mb"] = Path(inp["delta"]).stat().st_size / 2**20
     model_info = read_json(inp["model"])
@@ -368,6 +370,7 @@ def t2i_table(inp: dict, out: dict, params: dict) -> None:
     caption = (
         f"Text-to-image unlearning (UA / IRA / CRA by the {'; '.join(judges)}; "
         f"FID / KID / IS / CLIP score in the feature space of {', '.join(nets)}; {sampling_caption(records)})"
+        + tables.search_caption(df)
     )
     # the markdown opens with the caption too: it names the judge
     tables.write_tables(df, out["csv"], out["md"], out["tex"], caption, caption_in_md=True)

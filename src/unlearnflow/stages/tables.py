@@ -21,11 +21,12 @@ def clip_table(inp: dict, out: dict, params: dict) -> None:
         records.append(r)
     df = tables.clip_table(records, params["costs"])
     view = tables.seed_summary(df) if "seed" in df.columns else None
-    caption = params.get("caption", "CLIP unlearning")
+    missed = tables.search_caption(df)
+    caption = params.get("caption", "CLIP unlearning") + missed
     if view is not None:
         seeds = sorted({int(s) for s in df["seed"].dropna()})
         caption += f" Mean ± std (sample) over the unlearning seeds {seeds}; n = runs per row; the CSV has one row per seed."
-    tables.write_tables(df, out["csv"], out["md"], out["tex"], caption, caption_in_md=view is not None, view=view)
+    tables.write_tables(df, out["csv"], out["md"], out["tex"], caption, caption_in_md=view is not None or bool(missed), view=view)
     tables.write_provenance(out["provenance"], records, df, view)
     print((df if view is None else view).to_markdown(index=False, floatfmt=".2f"))
 
