@@ -35,8 +35,9 @@ def search_caption(df: pd.DataFrame) -> str:
         return ""
     rows = "; ".join(f"{r.target} {r.method}: {r.search}" for r in bad.itertuples())
     return (
-        f" Search verdicts that miss the method's own criterion ({rows}): no step size forgot within its retain "
-        "budget on the search split, so the row is the search's fallback (info.json, search.parquet)."
+        f" Search verdicts that miss the method's own criterion ({rows}): no step (SLUG's size, SSD's lambda) forgot "
+        "within the utility budget on what the search scored (the validation split; text-to-image: the search seeds), "
+        "so the row is the search's fallback (the run's info.json and search trace)."
     )
 
 
