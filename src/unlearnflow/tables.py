@@ -35,9 +35,9 @@ def search_caption(df: pd.DataFrame) -> str:
         return ""
     rows = "; ".join(f"{r.target} {r.method}: {r.search}" for r in bad.itertuples())
     return (
-        f" Search verdicts that miss the method's own criterion ({rows}): no step (SLUG's size, SSD's lambda) forgot "
-        "within the utility budget on what the search scored (the validation split; text-to-image: the search seeds), "
-        "so the row is the search's fallback (the run's info.json and search trace)."
+        f" Search verdicts that miss the method's own criterion ({rows}): the step (SLUG's size, SSD's lambda) of "
+        "such a row did not meet the method's stop rule on what its search scored (the validation split; "
+        "text-to-image: the search seeds); it is the search's fallback, and the run's info.json says why."
     )
 
 
@@ -115,8 +115,8 @@ def seed_summary(df: pd.DataFrame) -> pd.DataFrame:
         n = len(g)
         row = {"target": target, "method": method, "n": n}
         for m in metrics:
-            if m == "search":  # a verdict per seed: the distinct ones
-                row[m] = "; ".join(dict.fromkeys(str(v) for v in g[m] if isinstance(v, str))) or None
+            if not pd.api.types.is_numeric_dtype(df[m]):  # text (a search verdict per seed): the distinct values
+                row[m] = "; ".join(dict.fromkeys(v for v in g[m] if isinstance(v, str))) or None
                 continue
             values = pd.to_numeric(g[m], errors="coerce")
             mean = values.mean()

@@ -173,10 +173,11 @@ def clip_delta_input(wildcards):
 def clip_eval_inputs(wildcards):
     """The delta and the run's record (its search verdict, for the table); none
     for the base model. ``run_info``: ``info`` is the model's own record."""
-    if wildcards.method == "base":
-        return {}
-    run = layout.clip_run(wildcards.model, wildcards.target, wildcards.method)
-    return {"delta": layout.delta(run), "run_info": f"{run}/info.json"}
+    files = clip_delta_input(wildcards)
+    if files:
+        run = layout.clip_run(wildcards.model, wildcards.target, wildcards.method)
+        files["run_info"] = f"{run}/info.json"
+    return files
 
 
 def t2i_delta_inputs(wildcards):
