@@ -10,8 +10,10 @@ RUN is a folder where the default DAG ran (its shards, CLIP, evaluation sets
 and judge are read; nothing there is written). For each training variant
 (params merged over config.yaml's ``t2i.train``, and a ``unet_cfg`` key over
 ``t2i.unet_cfg``; ``"snr_gamma"``: Min-SNR-gamma loss weights, and
-``"lowres"``: {"steps", "batch_size", "size"}, a low-resolution phase first,
-neither a config option; ``--scheduler`` adds overrides of the tiny scheduler for a variant of
+``"lowres"``: {"steps", "batch_size", "size"}, a low-resolution phase first;
+``"timestep_bias"``: {"strategy", "multiplier", "portion"}, biased training
+timesteps; ``"ema"``: a list of EMAModel settings, each average judged as
+its own row; none of them a config option; ``--scheduler`` adds overrides of the tiny scheduler for a variant of
 the same name): train the tiny UNet in a scratch folder (or
 DIR/NAME with ``--keep``). With ``--model DIR`` nothing is trained: DIR is
 judged. Each model is then sampled under every ``--sampling`` variant
@@ -99,10 +101,12 @@ def main(argv=None) -> int:
             info = D.train_tiny_t2i(
                 [res / f"data/laion/{s}.tar" for s in cfg["data"]["shards"]], res / "models" / cfg["clip"]["name"], model_dir,
                 unet_cfg={**D.TINY_UNET, **(cfg["t2i"].get("unet_cfg") or {}), **train.get("unet_cfg", {})},
-                seed=cfg["seeds"]["train"], threads=args.threads, oversample=train.get("oversample"), snr_gamma=train.get("snr_gamma"), lowres=train.get("lowres"), concepts=concepts, matcher=lambda names: Matcher(names[0], aliases=list(names[1:])),
+                seed=cfg["seeds"]["train"], threads=args.threads, oversample=train.get("oversample"), snr_gamma=train.get("snr_gamma"), lowres=train.get("lowres"), timestep_bias=train.get("timestep_bias"), ema=train.get("ema"), concepts=concepts, matcher=lambda names: Matcher(names[0], aliases=list(names[1:])),
                 **{k: train[k] for k in ("steps", "batch_size", "lr", "warmup_steps", "cond_dropout")},
             )  # fmt: skip
             judged(model_dir, {"variant": name, "train_s": round(time.time() - t0, 1), "final_loss": info["train"]["final_loss"]})
+            for i, e in enumerate(train.get("ema") or []):  # the same run's averaged weights
+                judged(Path(f"{model_dir}_ema{i}"), {"variant": f"{name} ema {e}"})
     D.TINY_SCHEDULER.clear()
     D.TINY_SCHEDULER.update(base_sched)
     df = pd.DataFrame(rows)

@@ -347,6 +347,50 @@ def test_min_snr_weights_cap_the_x0_error_weight_at_gamma(t2i_dir, prediction):
     assert not torch.isclose(weighted, per.mean())
 
 
+def test_timestep_bias_weights_and_the_loss_at_the_drawn_timesteps(t2i_dir):
+    """diffusers' timestep bias: the later (noisiest) portion drawn
+    ``multiplier`` times as often; noise_loss draws its t from the weights."""
+    w = D.timestep_weights(1000, "later", 3.0, 0.25)
+    assert torch.isclose(w.sum(), torch.tensor(1.0)) and torch.isclose(w[-1] / w[0], torch.tensor(3.0))
+    assert (w[750:] == w[-1]).all() and (w[:750] == w[0]).all()
+    assert D.timestep_weights(1000, "earlier", 2.0, 0.5)[:500].sum() > 0.66
+    with pytest.raises(UnlearnflowError, match="timestep bias strategy 'middle'"):
+        D.timestep_weights(1000, "middle", 2.0, 0.5)
+
+    b = D.load_t2i(t2i_dir)
+    x0 = torch.rand(3, *b.latent_shape) * 2 - 1
+    ctx = b.encode_prompts(["a kite"] * 3)
+    one = torch.zeros(1000)
+    one[700] = 1.0  # every sample at t = 700
+    got = D.noise_loss(b, x0, ctx, torch.Generator().manual_seed(5), t_weights=one, reduction="none")
+    gen = torch.Generator().manual_seed(5)
+    t = torch.multinomial(one, 3, replacement=True, generator=gen)
+    assert (t == 700).all()
+    noise = torch.randn(x0.shape, generator=gen)
+    with torch.no_grad():
+        pred = b.unet(b.scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=ctx).sample
+    torch.testing.assert_close(got.detach(), (pred - D.denoising_target(b.scheduler, x0, noise, t)) ** 2)
+
+
+def test_ema_copies_are_saved_beside_the_model_and_leave_its_weights_alone(clip_dir, tmp_path, monkeypatch):
+    """train_tiny_t2i(ema=[...]): each averaged copy in <out>_ema<i>; the
+    model itself is the last weights, bit for bit the run without ema."""
+    from unlearnflow.models import clip as C
+
+    images = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8)
+    monkeypatch.setattr(C, "load_pairs", lambda tars, size: (images.clone(), ["a photo of a kite"] * 40))
+    common = dict(unet_cfg=MICRO_UNET, steps=4, batch_size=4, lr=1e-2, warmup_steps=0, cond_dropout=0.0, seed=0, threads=1)
+    D.train_tiny_t2i([], clip_dir, tmp_path / "plain", **common)
+    info = D.train_tiny_t2i([], clip_dir, tmp_path / "m", ema=[{"decay": 0.0}, {"power": 0.5}], **common)
+    assert info["train"]["ema"] == [{"decay": 0.0}, {"power": 0.5}]
+    sd = {name: D.load_t2i(tmp_path / name).unet.state_dict() for name in ("plain", "m", "m_ema0", "m_ema1")}
+    k = next(k for k in sd["m"] if k.endswith("weight"))
+    assert all(torch.equal(sd["plain"][n], sd["m"][n]) for n in sd["m"])
+    for n in sd["m"]:  # decay 0: the last weights (up to s - (s - p)'s rounding)
+        torch.testing.assert_close(sd["m_ema0"][n], sd["m"][n])
+    assert not torch.equal(sd["m_ema1"][k], sd["m"][k])  # an average of the steps
+
+
 def test_salun_moves_only_salient_unet_weights(t2i_dir, tmp_path):
     from unlearnflow.data.shards import Sample, write_shard
     from unlearnflow.masks import global_topk_masks, mask_metadata, save_mask

@@ -474,6 +474,7 @@ def noise_loss(
     uncond: torch.Tensor | None = None,
     guidance: float = 1.0,
     snr_gamma: float | None = None,
+    t_weights: torch.Tensor | None = None,
 ):
     """The denoising loss MSE(unet(x_t, t, c), target) at random t.
 
@@ -485,7 +486,10 @@ def noise_loss(
     prediction is the classifier-free-guided ``pred_u + w (pred_c - pred_u)``
     the sampler uses, differentiated through both branches (SalUn's mask)."""
     n = len(x0)
-    t = torch.randint(0, bundle.scheduler.config.num_train_timesteps, (n,), generator=gen).to(x0.device)
+    if t_weights is None:
+        t = torch.randint(0, bundle.scheduler.config.num_train_timesteps, (n,), generator=gen).to(x0.device)
+    else:  # biased timesteps (diffusers' --timestep_bias_strategy)
+        t = torch.multinomial(t_weights, n, replacement=True, generator=gen).to(x0.device)
     noise = torch.randn(x0.shape, generator=gen).to(x0.device)
     xt = bundle.scheduler.add_noise(x0, noise, t)
     if uncond is None or float(guidance) == 1.0:
@@ -500,6 +504,22 @@ def noise_loss(
     weight = min_snr_weight(bundle.scheduler, t, float(snr_gamma)).view(-1, *[1] * (pred.dim() - 1))
     loss = weight * F.mse_loss(pred, target, reduction="none")
     return {"mean": loss.mean, "sum": loss.sum}.get(reduction, lambda: loss)()
+
+
+def timestep_weights(num_timesteps: int, strategy: str, multiplier: float, portion: float) -> torch.Tensor:
+    """Sampling weights over the training timesteps, as diffusers'
+    ``generate_timestep_weights`` (train_text_to_image_sdxl.py): the
+    ``portion`` of the latest (``later``: noisiest) or earliest timesteps
+    drawn ``multiplier`` times as often as the rest."""
+    w = torch.ones(num_timesteps)
+    k = int(num_timesteps * float(portion))
+    if strategy == "later":
+        w[num_timesteps - k :] *= float(multiplier)
+    elif strategy == "earlier":
+        w[:k] *= float(multiplier)
+    else:
+        raise UnlearnflowError(f"timestep bias strategy {strategy!r}: expected 'later' or 'earlier'")
+    return w / w.sum()
 
 
 def min_snr_weight(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -584,6 +604,8 @@ def train_tiny_t2i(
     matcher=None,
     snr_gamma: float | None = None,
     lowres: dict | None = None,
+    timestep_bias: dict | None = None,
+    ema: list[dict] | None = None,
 ) -> dict:
     """Train the tiny pixel-space UNet on image-caption tars, conditioned on
     the (frozen) tiny CLIP's text tower; AdamW, warm-up then cosine.
@@ -600,7 +622,16 @@ def train_tiny_t2i(
     same seconds show the model several times more pictures), then
     ``steps`` steps at full size; one warm-up and cosine over both phases.
     Not a config option: in the 8-minute bound it did not draw objects'
-    shapes better than full-size steps (docs/fidelity.md item 12)."""
+    shapes better than full-size steps (docs/fidelity.md item 12).
+
+    ``timestep_bias`` ({"strategy": "later" | "earlier", "multiplier", "portion"},
+    diffusers' ``--timestep_bias_*``): the training timesteps drawn from
+    :func:`timestep_weights` instead of uniformly. ``ema`` (a list of
+    diffusers ``EMAModel`` settings, e.g. ``[{"power": 0.75}]``, warm-up
+    decay): each exponential moving average of the weights is saved beside
+    the model as ``<out_dir>_ema<i>``; the model stays the last weights.
+    Neither is a config option: neither drew objects in a style better
+    (docs/fidelity.md item 12, eighth pass)."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     from .clip import load_clip, load_pairs
@@ -655,10 +686,17 @@ def train_tiny_t2i(
                 idx = torch.cat([*picks, idx])
             yield draw(idx)
 
+    tw = timestep_weights(scheduler.config.num_train_timesteps, **timestep_bias) if timestep_bias else None
+    averaged = []
+    if ema:  # diffusers' EMAModel, its warm-up decay 1 - (1 + step / inv_gamma) ** -power
+        from diffusers.training_utils import EMAModel
+
+        averaged = [EMAModel(unet.parameters(), use_ema_warmup=True, **{"decay": 0.9999, **e}) for e in ema]
     train_steps(
-        opt, batches(), lambda batch: noise_loss(bundle, *batch, gen, snr_gamma=snr_gamma), on_step=bar,
+        opt, batches(), lambda batch: noise_loss(bundle, *batch, gen, snr_gamma=snr_gamma, t_weights=tw), on_step=bar,
         lr=lambda s: lr_at(s, lr=lr, total=total, warmup_steps=warmup_steps, angle_first=True),
         grad_hook=lambda: torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0),
+        after_step=(lambda: [a.step(unet.parameters()) for a in averaged]) if averaged else None,
     )  # fmt: skip
     bar.close()
     unet.eval()
@@ -678,11 +716,18 @@ def train_tiny_t2i(
             "seed": seed,
             **({"oversample": {d: {"share": sh, "pairs": len(ix)} for d, (sh, ix) in pools.items()}} if pools else {}),
             **({"snr_gamma": float(snr_gamma)} if snr_gamma is not None else {}),
+            **({"timestep_bias": dict(timestep_bias)} if timestep_bias else {}),
+            **({"ema": list(ema)} if ema else {}),
             **({"lowres": low} if low["steps"] else {}),
             **bar.summary(dev, last=25),
         },
     }
     comps = {"unet": unet.cpu(), "scheduler": scheduler, "text_encoder": text_encoder.cpu(), "tokenizer": tokenizer}
+    for i, a in enumerate(averaged):  # each average beside the model, which stays the last weights
+        a.store(unet.parameters())
+        a.copy_to(unet.parameters())
+        save_t2i(comps, Path(f"{out_dir}_ema{i}"), {**info, "weights": {"ema": ema[i]}})
+        a.restore(unet.parameters())
     return save_t2i(comps, out_dir, info)
 
 
