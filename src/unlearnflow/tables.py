@@ -30,7 +30,7 @@ def search_caption(df: pd.DataFrame) -> str:
     are the search's fallback, and a reader should know it. "" if none."""
     if "search" not in df.columns:
         return ""
-    bad = df[df["search"].notna() & ~df["search"].isin(MET) & (df["target"] != "mean")]
+    bad = df[df["search"].notna() & ~df["search"].isin(MET)]  # mean rows have no verdict: blank
     if bad.empty:
         return ""
     rows = "; ".join(f"{r.target} {r.method}: {r.search}" for r in bad.itertuples())

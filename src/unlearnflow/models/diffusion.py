@@ -691,7 +691,7 @@ def train_tiny_t2i(
     if ema:  # diffusers' EMAModel, its warm-up decay 1 - (1 + step / inv_gamma) ** -power
         from diffusers.training_utils import EMAModel
 
-        averaged = [EMAModel(unet.parameters(), use_ema_warmup=True, **{"decay": 0.9999, **e}) for e in ema]
+        averaged = [EMAModel(unet.parameters(), use_ema_warmup=True, **e) for e in ema]
     train_steps(
         opt, batches(), lambda batch: noise_loss(bundle, *batch, gen, snr_gamma=snr_gamma, t_weights=tw), on_step=bar,
         lr=lambda s: lr_at(s, lr=lr, total=total, warmup_steps=warmup_steps, angle_first=True),
